@@ -1,0 +1,57 @@
+"""Engine configuration: one dataclass, validated once, with derived fields filled in from the model dir."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+POLICIES = ("mixed", "prefill_first")
+
+
+@dataclass(slots=True)
+class Config:
+    """Everything the engine needs to know before it allocates anything."""
+
+    model: str
+    device: str = "auto"
+    dtype: str | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int = 4096
+    kvcache_block_size: int = 256
+    num_kvcache_blocks: int | None = None
+    kv_cache_memory: int | None = None
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    scheduling_policy: str = "mixed"
+    enforce_eager: bool = False
+    tensor_parallel_size: int = 1
+    attention_backend: str = "auto"
+    hf_config: Any = field(default=None, repr=False)
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not os.path.isdir(self.model):
+            raise ValueError(f"model directory {self.model!r} does not exist; pass --model DIR with a "
+                             "Hugging Face model (config.json + *.safetensors)")
+        bs = self.kvcache_block_size
+        if bs < 16 or bs & (bs - 1):
+            raise ValueError(f"kvcache_block_size={bs} must be a power of two >= 16 (e.g. 16, 256)")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "tensor_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.scheduling_policy not in POLICIES:
+            raise ValueError(f"scheduling_policy={self.scheduling_policy!r}; choose one of {', '.join(POLICIES)}")
+        if self.num_kvcache_blocks is not None and self.num_kvcache_blocks < 1:
+            raise ValueError(f"num_kvcache_blocks={self.num_kvcache_blocks} must be >= 1")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
+
+    @classmethod
+    def from_kwargs(cls, model: str, **kwargs: Any) -> "Config":
+        """Build a Config, rejecting unknown keyword arguments by name."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown engine option(s): {', '.join(unknown)}; valid: {', '.join(sorted(names - {'hf_config', 'eos_token_ids', 'model'}))}")
+        return cls(model=str(model), **kwargs)

@@ -1,0 +1,256 @@
+"""LLMEngine: requests in, one scheduled forward per step(), RequestOutput deltas and stats out.
+
+The engine is single-threaded and knows nothing of streaming or UIs; engine.service wraps it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from typing import Sequence as Seq
+
+from engine.block_manager import BlockManager
+from engine.config import Config
+from engine.detokenizer import IncrementalDetokenizer
+from engine.loader import load_hf_config
+from engine.model_runner import ModelRunner
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+from engine.scheduler import ScheduledBatch, Scheduler
+from engine.sequence import Sequence, SequenceStatus
+from engine.stats import CACHED, FREE, SHARED, USED, BlockMap, EngineStats, StepStats
+
+
+class LLMEngine:
+    def __init__(self, model: str, **kwargs):
+        config = Config.from_kwargs(model, **kwargs)
+        config.hf_config = load_hf_config(config.model)
+        max_pos = getattr(config.hf_config, "max_position_embeddings", None)
+        if max_pos:
+            config.max_model_len = min(config.max_model_len, max_pos)
+        self.config = config
+        self.tokenizer = _load_tokenizer(config.model)
+        config.eos_token_ids = _eos_ids(config.model, config.hf_config, self.tokenizer)
+        self.model_runner = self._make_runner(config)
+        self.block_manager = BlockManager(self.model_runner.num_kvcache_blocks, config.kvcache_block_size,
+                                          config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
+                                   config.scheduling_policy)
+        self.requests: dict[str, Sequence] = {}
+        self.detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self._pending: list[RequestOutput] = []  # outputs decided outside a step (errors at admission, aborts)
+        self.num_steps = self.num_prefill_tokens = self.num_decode_tokens = 0
+        self.prefix_cache_queries = self.prefix_cache_hits = self.num_preemptions = 0
+        self.collect_block_map = False
+        self.last_step: StepStats | None = None
+
+    def _make_runner(self, config: Config):
+        return ModelRunner(config)
+
+    # -- requests ------------------------------------------------------------------------------
+    def tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
+        return list(prompt)
+
+    def add_request(self, prompt: str | list[int], sampling_params: SamplingParams | None = None,
+                    request_id: str | None = None, detokenize: bool = True) -> Sequence:
+        """Validate and queue a request; raises ValueError naming the bad value and the limit."""
+        sp = sampling_params or SamplingParams()
+        if not isinstance(sp, SamplingParams):
+            raise ValueError(f"sampling_params must be a SamplingParams, got {type(sp).__name__}")
+        if request_id is not None and request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use; pass a unique id or None")
+        ids = self.tokenize(prompt)
+        if not ids:
+            raise ValueError("prompt is empty; send at least one token")
+        vocab = self.config.hf_config.vocab_size
+        if any(not isinstance(t, int) or t < 0 or t >= vocab for t in ids):
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab}); got one outside it")
+        limit = self.config.max_model_len
+        if len(ids) + sp.max_tokens > limit:
+            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({sp.max_tokens}) = {len(ids) + sp.max_tokens} "
+                             f"exceeds max_model_len={limit}; shorten the prompt, lower max_tokens or raise --max-model-len")
+        seq = Sequence(ids, sp, request_id)
+        self.requests[seq.request_id] = seq
+        if detokenize:
+            self.detokenizers[seq.request_id] = IncrementalDetokenizer(self.tokenizer, sp.stop)
+        capacity = self.block_manager.num_blocks * self.block_manager.block_size
+        if len(ids) + sp.max_tokens > capacity:
+            self._finish(seq, "error", f"request needs up to {len(ids) + sp.max_tokens} tokens of KV cache but the "
+                         f"whole cache holds {capacity}; raise --num-kvcache-blocks / --kv-cache-memory")
+        else:
+            self.scheduler.add(seq)
+        return seq
+
+    def abort_request(self, request_id: str) -> bool:
+        """Finish a request with "abort" and free its blocks now; False if it is unknown or already done."""
+        seq = self.requests.get(request_id)
+        if seq is None or seq.is_finished:
+            return False
+        self.scheduler.remove(seq)
+        self._finish(seq, "abort")
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_work() or bool(self._pending)
+
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+        seq.finish(reason, error)
+        self._pending.append(self._output(seq, [], True))
+
+    def _output(self, seq: Sequence, new_ids: list[int], finished: bool) -> RequestOutput:
+        detok = self.detokenizers.get(seq.request_id)
+        text = detok.take_delta(final=finished) if detok else ""
+        if finished:
+            self.requests.pop(seq.request_id, None)
+            self.detokenizers.pop(seq.request_id, None)
+        return RequestOutput(seq.request_id, text, new_ids, "", finished, seq.finish_reason if finished else None,
+                             seq.error)
+
+    # -- the step ------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run one forward, sample, and return this step's output deltas."""
+        start = time.monotonic()
+        batch = self.scheduler.schedule()
+        outputs, self._pending = self._pending, []
+        error = None
+        if batch.items:
+            try:
+                tokens = self.model_runner.run(batch.items)
+            except Exception as exc:  # one failed forward fails its requests, not the engine
+                error = f"{type(exc).__name__}: {exc}"
+                self.last_traceback = traceback.format_exc()
+                outputs.extend(self._fail_batch(batch, error))
+            else:
+                outputs.extend(self._process(batch, tokens))
+        self._record(batch, start, outputs, error)
+        return outputs
+
+    def _fail_batch(self, batch: ScheduledBatch, error: str) -> list[RequestOutput]:
+        outs = []
+        for seq, _ in batch.items:
+            self.scheduler.running.remove(seq)
+            self.block_manager.free(seq, forget_hashes=True)
+            seq.finish("error", f"engine step failed: {error}")
+            outs.append(self._output(seq, [], True))
+        return outs
+
+    def _process(self, batch: ScheduledBatch, tokens: list[int | None]) -> list[RequestOutput]:
+        outs = []
+        eos = self.config.eos_token_ids
+        for (seq, n), token in zip(batch.items, tokens):
+            seq.num_computed_tokens += n
+            if token is None:
+                continue
+            sp = seq.sampling_params
+            if token < 0:
+                seq.finish("error", "the model produced non-finite logits (NaN/inf) for this request")
+                self.scheduler.remove(seq)
+                outs.append(self._output(seq, [], True))
+                continue
+            seq.append_token(token)
+            detok = self.detokenizers.get(seq.request_id)
+            if detok is not None:
+                detok.add_tokens([token])
+            if (not sp.ignore_eos and token in eos) or (sp.stop_token_ids and token in sp.stop_token_ids):
+                seq.finish("stop")
+            elif detok is not None and detok.stopped:
+                seq.finish("stop")
+            elif seq.num_completion_tokens >= sp.max_tokens or seq.num_tokens >= self.config.max_model_len:
+                seq.finish("length")
+            if seq.is_finished:
+                if detok is not None:
+                    detok.flush()
+                self.scheduler.remove(seq)
+            outs.append(self._output(seq, [token], seq.is_finished))
+        return outs
+
+    def _record(self, batch: ScheduledBatch, start: float, outputs: list[RequestOutput], error: str | None) -> None:
+        prefill = decode = 0
+        for seq, n in batch.items:
+            if n == 1 and seq.num_completion_tokens > 0 and seq.num_computed_tokens >= seq.num_tokens - 1:
+                decode += 1
+            else:
+                prefill += n
+        if batch.items:
+            self.num_steps += 1
+        self.num_prefill_tokens += prefill
+        self.num_decode_tokens += decode
+        self.prefix_cache_queries += batch.prefix_queries
+        self.prefix_cache_hits += batch.prefix_hits
+        self.num_preemptions += len(batch.preempted)
+        bm = self.block_manager
+        self.last_step = StepStats(
+            step=self.num_steps, start_time=start, duration=time.monotonic() - start,
+            policy=self.scheduler.policy, num_seqs=len(batch.items), num_prefill_tokens=prefill,
+            num_decode_tokens=decode, num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting), num_blocks_free=bm.num_free, num_blocks_used=bm.num_used,
+            num_blocks_cached=bm.num_cached, prefix_cache_queries=batch.prefix_queries,
+            prefix_cache_hits=batch.prefix_hits, num_preemptions=len(batch.preempted),
+            preempted_request_ids=tuple(s.request_id for s in batch.preempted),
+            finished_request_ids=tuple(o.request_id for o in outputs if o.finished), error=error,
+            block_map=self.block_map() if self.collect_block_map else None)
+
+    # -- stats ---------------------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_blocks_total=bm.num_blocks, num_blocks_used=bm.num_used, num_blocks_cached=bm.num_cached,
+            num_blocks_free=bm.num_free, block_size=bm.block_size, prefix_cache_queries=self.prefix_cache_queries,
+            prefix_cache_hits=self.prefix_cache_hits, num_preemptions=self.num_preemptions,
+            num_steps=self.num_steps, num_prefill_tokens=self.num_prefill_tokens,
+            num_decode_tokens=self.num_decode_tokens, num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting))
+
+    def block_map(self) -> BlockMap:
+        """Every block's state and first owning request, for the dashboard's heat map."""
+        bm = self.block_manager
+        states = bytearray(FREE for _ in range(bm.num_blocks))
+        owners: list[str | None] = [None] * bm.num_blocks
+        for block_id in bm.cached_lru:
+            states[block_id] = CACHED
+        for seq in self.scheduler.running:
+            for block_id in seq.block_table:
+                if owners[block_id] is None:
+                    owners[block_id] = seq.request_id
+                states[block_id] = SHARED if bm.blocks[block_id].ref_count > 1 else USED
+        return BlockMap(bytes(states), tuple(owners))
+
+    def set_scheduling_policy(self, policy: str) -> None:
+        self.scheduler.set_policy(policy)
+        self.config.scheduling_policy = policy
+
+
+def _load_tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    from engine.loader import ModelLoadError
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load a tokenizer from {model_dir!r} ({type(exc).__name__}: {exc}); "
+                             "the model directory needs tokenizer.json or tokenizer files") from exc
+
+
+def _eos_ids(model_dir: str, hf_config, tokenizer) -> tuple[int, ...]:
+    ids: set[int] = set()
+
+    def add(value) -> None:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+
+    path = os.path.join(model_dir, "generation_config.json")
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                add(json.load(f).get("eos_token_id"))
+        except (OSError, json.JSONDecodeError):
+            pass
+    if not ids:
+        add(getattr(hf_config, "eos_token_id", None))
+        add(tokenizer.eos_token_id)
+    return tuple(sorted(ids))

@@ -1,0 +1,138 @@
+"""Scheduler: decides which requests run each step and how many tokens each computes.
+
+Two policies, switchable at run time:
+- "mixed" (vLLM V1): one token budget per step; running requests first (decodes and unfinished
+  chunks), then new requests, any of which may be chunked to fit the budget.
+- "prefill_first" (nano-vllm): a step of prefills (chunks) whenever one can be scheduled, else a
+  step of decodes.
+When blocks run out, the newest running request is preempted by recompute: it frees its blocks,
+keeps its tokens, and returns to the front of the queue (its recompute may hit the prefix cache).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.block_manager import BlockManager
+from engine.config import POLICIES
+from engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledBatch:
+    """One step's work: (sequence, tokens to compute) pairs plus what happened while choosing them."""
+
+    items: list[tuple[Sequence, int]] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.items)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 policy: str = "mixed"):
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.policy = policy
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def set_policy(self, policy: str) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"scheduling policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        self.policy = policy
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        if self.policy == "prefill_first":
+            self._schedule_prefills(batch, self.max_num_batched_tokens)
+            if not batch.items:
+                self._schedule_running(batch, self.max_num_batched_tokens, decodes_only=True)
+        else:
+            budget = self._schedule_running(batch, self.max_num_batched_tokens, decodes_only=False)
+            if not batch.preempted:
+                self._schedule_waiting(batch, budget)
+        for seq, n in batch.items:
+            self.block_manager.commit_full_blocks(seq, seq.num_computed_tokens + n)
+        return batch
+
+    def _schedule_running(self, batch: ScheduledBatch, budget: int, decodes_only: bool) -> int:
+        """Give running requests their next tokens, oldest first, preempting the newest when blocks run out."""
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_uncomputed_tokens, budget)
+            if decodes_only and seq.num_uncomputed_tokens > 1:
+                i += 1
+                continue
+            while not self.block_manager.allocate_slots(seq, n):
+                victim = self.running.pop()
+                self._preempt(victim, batch)
+                if victim is seq:
+                    return budget
+            batch.items.append((seq, n))
+            budget -= n
+            i += 1
+        return budget
+
+    def _schedule_prefills(self, batch: ScheduledBatch, budget: int) -> None:
+        """prefill_first: unfinished chunks of running requests, then new ones; no preemption needed to admit."""
+        for seq in self.running:
+            if budget <= 0:
+                return
+            if seq.num_uncomputed_tokens > 1:
+                n = min(seq.num_uncomputed_tokens, budget)
+                if not self.block_manager.allocate_slots(seq, n):
+                    break
+                batch.items.append((seq, n))
+                budget -= n
+        self._schedule_waiting(batch, budget)
+
+    def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+        """Admit waiting requests in order while the budget, the sequence cap and the blocks allow."""
+        bm = self.block_manager
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            cached = bm.find_cached_prefix(seq)
+            num_cached = len(cached) * bm.block_size
+            n = min(seq.num_tokens - num_cached, budget)
+            if not bm.allocate_slots(seq, n, cached):
+                break
+            self.waiting.popleft()
+            batch.prefix_queries += seq.num_tokens
+            batch.prefix_hits += num_cached
+            if not seq.admitted:
+                seq.admitted = True
+                seq.num_cached_tokens = num_cached
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            batch.items.append((seq, n))
+            budget -= n
+
+    def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        batch.preempted.append(seq)
+        # A victim scheduled earlier in this step must not run with its freed blocks.
+        batch.items = [(s, n) for s, n in batch.items if s is not seq]
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a finished or aborted request out of the queues and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.block_manager.free(seq)

@@ -1,0 +1,84 @@
+"""Sequence: one request's tokens, progress through the KV cache, and timings."""
+from __future__ import annotations
+
+import time
+from enum import Enum, auto
+from itertools import count
+
+import torch
+
+from engine.sampling_params import SamplingParams
+
+
+class SequenceStatus(Enum):
+    WAITING = auto()
+    RUNNING = auto()
+    FINISHED = auto()
+
+
+class Sequence:
+    """A request as the scheduler sees it.
+
+    Progress is counted vLLM-V1 style: `num_computed_tokens` of `token_ids` have KV in the cache;
+    a step schedules some of the rest (a prefill chunk, or the one token a decode adds).
+    """
+
+    _ids = count()
+
+    def __init__(self, token_ids: list[int], sampling_params: SamplingParams, request_id: str | None = None):
+        self.seq_id = next(Sequence._ids)
+        self.request_id = request_id if request_id is not None else str(self.seq_id)
+        self.token_ids = list(token_ids)
+        self.num_prompt_tokens = len(token_ids)
+        self.sampling_params = sampling_params
+        self.status = SequenceStatus.WAITING
+        self.num_computed_tokens = 0
+        self.block_table: list[int] = []
+        self.block_hashes: list[int] = []  # chain hash of each full block, computed as blocks fill
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+        # Metrics.
+        self.arrival_time = time.monotonic()
+        self.first_token_time: float | None = None
+        self.token_times: list[float] = []
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first admission
+        self.num_preemptions = 0
+        self.admitted = False
+        self.generator: torch.Generator | None = None
+        if sampling_params.seed is not None:
+            self.generator = torch.Generator().manual_seed(sampling_params.seed & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def completion_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SequenceStatus.FINISHED
+
+    def append_token(self, token_id: int) -> None:
+        now = time.monotonic()
+        if self.first_token_time is None:
+            self.first_token_time = now
+        self.token_times.append(now)
+        self.token_ids.append(token_id)
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        self.status = SequenceStatus.FINISHED
+        self.finish_reason = reason
+        self.error = error

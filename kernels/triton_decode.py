@@ -1,0 +1,171 @@
+"""Triton flash-decoding over the paged KV cache: split-K partial softmax per GQA group, then a reduce; CUDA-graph safe."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+MIN_SPLIT_TOKENS = 256  # below this a split's fixed cost (q load, partial write) outweighs its parallelism
+MAX_SPLITS = 32
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, mid_o_ptr, mid_lse_ptr,
+    context_lens_ptr, block_tables_ptr,
+    qk_scale,
+    stride_qb, stride_qh, stride_ob, stride_oh,
+    stride_cb, stride_co, stride_ch, stride_tb,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One program per (sequence, kv head, split): the whole GQA group attends to one slice of the context.
+
+    Slices are sized from the sequence's own context length (read on device), so the grid depends only
+    on shapes while short and long sequences both spread over every split.
+    """
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    context_len = tl.load(context_lens_ptr + seq)
+    per_split = tl.cdiv(tl.cdiv(context_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    lo = split * per_split
+    hi = tl.minimum(lo + per_split, context_len)
+    table_row = block_tables_ptr + seq.to(tl.int64) * stride_tb
+
+    # 1. The group's query heads as rows of one tile (padded to 16 for tl.dot), loaded once.
+    g = tl.arange(0, GROUP_PAD)
+    dims = tl.arange(0, HEAD_DIM)
+    g_ok = g < GROUP
+    heads = kv_head * GROUP + g
+    q = tl.load(q_ptr + seq.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + dims[None, :],
+                mask=g_ok[:, None], other=0.0)
+
+    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+
+    # 2. Online softmax over the slice; K and V are read once for the whole group.
+    for start in range(lo, hi, BLOCK_N):
+        pos = start + tl.arange(0, BLOCK_N)
+        pos_ok = pos < hi
+        if BLOCK_N <= BLOCK_SIZE:
+            block = tl.load(table_row + start // BLOCK_SIZE).to(tl.int64)
+        else:
+            block = tl.load(table_row + pos // BLOCK_SIZE, mask=pos_ok, other=0).to(tl.int64)
+        offs = (block * stride_cb + (pos % BLOCK_SIZE) * stride_co)[:, None] + kv_head * stride_ch + dims[None, :]
+        # Slots past the context hold stale data (maybe NaN); zeros keep p * v finite.
+        k = tl.load(k_cache_ptr + offs, mask=pos_ok[:, None], other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        qk = tl.where(pos_ok[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_cache_ptr + offs, mask=pos_ok[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    # 3. Empty slices (and padded rows with context 0) leave l = 0: write zeros and lse = -inf.
+    has_keys = l_i > 0
+    o = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    if NUM_SPLITS == 1:
+        o_ptrs = out_ptr + seq.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + dims[None, :]
+        tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=g_ok[:, None])
+    else:
+        # Scratch is contiguous [B, Hq, NUM_SPLITS, (HEAD_DIM)] fp32.
+        row = (seq.to(tl.int64) * (tl.num_programs(1) * GROUP) + heads) * NUM_SPLITS + split
+        tl.store(mid_o_ptr + row[:, None] * HEAD_DIM + dims[None, :], o, mask=g_ok[:, None])
+        lse = tl.where(has_keys, m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+        tl.store(mid_lse_ptr + row, lse, mask=g_ok)
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    mid_o_ptr, mid_lse_ptr, out_ptr, stride_ob, stride_oh,
+    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+):
+    """One program per (sequence, query head): combine the splits' partial outputs by their log-sum-exp."""
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    row = seq.to(tl.int64) * tl.num_programs(1) + head
+    s = tl.arange(0, SPLITS_PAD)
+    dims = tl.arange(0, HEAD_DIM)
+    lse = tl.load(mid_lse_ptr + row * NUM_SPLITS + s, mask=s < NUM_SPLITS, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m = tl.where(m == float("-inf"), 0.0, m)  # context 0: every weight is 0, output 0
+    w = tl.math.exp2(lse - m)
+    o = tl.load(mid_o_ptr + (row * NUM_SPLITS + s)[:, None] * HEAD_DIM + dims[None, :],
+                mask=(s < NUM_SPLITS)[:, None], other=0.0)
+    total = tl.sum(w, 0)
+    out = tl.sum(o * w[:, None], 0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + seq.to(tl.int64) * stride_ob + head * stride_oh + dims,
+             out.to(out_ptr.dtype.element_ty))
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size: int, num_sms: int) -> int:
+    """Splits per sequence from shapes only: enough programs for ~4 per SM, but no split under MIN_SPLIT_TOKENS."""
+    programs = batch * num_kv_heads
+    wanted = triton.cdiv(4 * num_sms, programs)
+    by_length = max(1, max_blocks * block_size // MIN_SPLIT_TOKENS)
+    return max(1, min(wanted, by_length, MAX_SPLITS))
+
+
+def _config(q: torch.Tensor, head_dim: int, block_size: int) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages) for this dtype/device (swept on an H200, bf16, D=128)."""
+    if not q.is_cuda:
+        return 16, 4, 1
+    if q.element_size() >= 4 or head_dim > 128:
+        return 32, 4, 2  # fp32 tiles are twice as big: stay within shared memory
+    # Tiles spanning several small blocks did better with 2 stages (more resident programs, no wave tail).
+    return 64, 4, 3 if block_size >= 64 else 2
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           context_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
+                           num_splits: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """One query per sequence, q [B, Hq, D], over context_lens[b] cached tokens; no host syncs."""
+    batch, num_heads, head_dim = q.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    assert num_heads % num_kv_heads == 0 and k_cache.shape[3] == head_dim
+    assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, "head_dim must be a power of two >= 16"
+    assert block_size & (block_size - 1) == 0, "block_size must be a power of two"
+    assert q.stride(-1) == 1 and k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
+    out = torch.empty_like(q) if out is None else out
+    if batch == 0:
+        return out
+    group = num_heads // num_kv_heads
+    if num_splits is None:
+        num_sms = _num_sms(q.device.index or 0) if q.is_cuda else 4
+        num_splits = choose_num_splits(batch, num_kv_heads, block_tables.shape[1], block_size, num_sms)
+    block_n, num_warps, num_stages = _config(q, head_dim, block_size)
+    # Scratch is allocated per call: inside CUDA-graph capture it comes from the graph's private pool.
+    if num_splits > 1:
+        mid_o = torch.empty(batch, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
+        mid_lse = torch.empty(batch, num_heads, num_splits, dtype=torch.float32, device=q.device)
+    else:
+        mid_o = mid_lse = out  # unused: the split kernel writes the output directly
+    _decode_split_kernel[(batch, num_kv_heads, num_splits)](
+        q, k_cache, v_cache, out, mid_o, mid_lse, context_lens, block_tables,
+        scale * LOG2E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size,
+        HEAD_DIM=head_dim, BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    if num_splits > 1:
+        _decode_reduce_kernel[(batch, num_heads)](
+            mid_o, mid_lse, out, out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, NUM_SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits),
+        )
+    return out

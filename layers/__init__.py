@@ -1,0 +1,1 @@
+"""Model building blocks with vLLM's names; tensor-parallel aware through per-parameter weight loaders."""

@@ -1,0 +1,57 @@
+"""Sampler: greedy, temperature, top-k and top-p, with optional per-row generators for seeded requests."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Sampler(nn.Module):
+    """Samples one token per row of logits [B, V].
+
+    temperatures [B] (0 = greedy), top_ks [B] (-1 = off), top_ps [B] (1 = off). Rows with their
+    own generator draw their noise from it, so a seeded request gets the same tokens whatever
+    else shares the batch.
+    """
+
+    def forward(self, logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tensor | None,
+                top_ps: torch.Tensor | None, generators: list[torch.Generator | None] | None = None) -> torch.Tensor:
+        logits = logits.float()
+        greedy = logits.argmax(dim=-1)
+        if bool((temperatures == 0).all()):
+            return greedy
+        temps = torch.where(temperatures == 0, torch.ones_like(temperatures), temperatures)
+        logits = logits / temps.unsqueeze(1)
+        if top_ks is not None:
+            logits = _apply_top_k(logits, top_ks)
+        if top_ps is not None:
+            logits = _apply_top_p(logits, top_ps)
+        probs = torch.softmax(logits, dim=-1)
+        noise = torch.empty_like(probs)
+        if generators is None or not any(g is not None for g in generators):
+            noise.exponential_()
+        else:
+            for i, g in enumerate(generators):
+                # Per-row draws on the CPU generator keep seeded rows independent of the batch.
+                row = torch.empty(probs.shape[1], dtype=torch.float32).exponential_(generator=g)
+                noise[i] = row.to(noise.device)
+        sampled = probs.div(noise.clamp_min(1e-10)).argmax(dim=-1)
+        return torch.where(temperatures == 0, greedy, sampled)
+
+
+def _apply_top_k(logits: torch.Tensor, top_ks: torch.Tensor) -> torch.Tensor:
+    vocab = logits.shape[1]
+    k = torch.where(top_ks < 1, torch.full_like(top_ks, vocab), top_ks.clamp(max=vocab))
+    sorted_logits = logits.sort(dim=-1, descending=True).values
+    kth = sorted_logits.gather(1, (k - 1).unsqueeze(1).long())
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _apply_top_p(logits: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
+    sorted_logits, idx = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    cum = probs.cumsum(dim=-1)
+    # Drop a token when the mass before it already reaches top_p; the first token always stays.
+    drop = (cum - probs) >= top_ps.unsqueeze(1)
+    drop[:, 0] = False
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, idx, sorted_logits)

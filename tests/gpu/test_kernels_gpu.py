@@ -1,0 +1,123 @@
+"""Triton kernels vs the torch reference on CUDA at Qwen3-0.6B sizes, bf16 and fp32, plus CUDA-graph replay."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+pytest.importorskip("triton", reason="Triton is not installed")
+
+from kernels import torch_ref  # noqa: E402
+from kernels.triton_decode import paged_decode_attention  # noqa: E402
+from kernels.triton_prefill import paged_prefill_attention  # noqa: E402
+from kernels.triton_store_kv import store_kvcache  # noqa: E402
+
+DEVICE = torch.device("cuda")
+TOL = {torch.bfloat16: 1e-2, torch.float32: 1e-5}
+NUM_HEADS, NUM_KV_HEADS = 16, 8  # Qwen3-0.6B
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max abs error relative to the reference's max magnitude."""
+    return float((out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp(min=1e-12))
+
+
+def paged_cache(context_lens: list[int], block_size: int, head_dim: int, dtype: torch.dtype, extra_cols: int = 1):
+    """Random caches (fresh data every run) with shuffled block tables padded with -1."""
+    need = [(c + block_size - 1) // block_size for c in context_lens]
+    num_blocks = sum(need) + 2
+    shape = (num_blocks, block_size, NUM_KV_HEADS, head_dim)
+    k_cache = torch.randn(shape, dtype=dtype, device=DEVICE)
+    v_cache = torch.randn(shape, dtype=dtype, device=DEVICE)
+    perm = torch.randperm(num_blocks, device=DEVICE).to(torch.int32)
+    tables = torch.full((len(context_lens), max(need) + extra_cols), -1, dtype=torch.int32, device=DEVICE)
+    used = 0
+    for b, n in enumerate(need):
+        tables[b, :n] = perm[used:used + n]
+        used += n
+    return k_cache, v_cache, tables
+
+
+def as_ref(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """float64 copies: the reference then measures only the kernel's own rounding."""
+    return [t.double() for t in tensors]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("block_size", [16, 256])
+def test_store_kvcache(dtype: torch.dtype, block_size: int) -> None:
+    num_tokens, head_dim = 3000, 128
+    qkv = torch.randn(num_tokens, NUM_HEADS + 2 * NUM_KV_HEADS, head_dim, dtype=dtype, device=DEVICE)
+    key, value = qkv[:, NUM_HEADS:NUM_HEADS + NUM_KV_HEADS], qkv[:, NUM_HEADS + NUM_KV_HEADS:]
+    num_blocks = (num_tokens + block_size - 1) // block_size + 4
+    slots = torch.randperm(num_blocks * block_size, device=DEVICE)[:num_tokens]
+    slots[torch.rand(num_tokens, device=DEVICE) < 0.1] = -1
+    shape = (num_blocks, block_size, NUM_KV_HEADS, head_dim)
+    k_cache, v_cache = torch.zeros(shape, dtype=dtype, device=DEVICE), torch.zeros(shape, dtype=dtype, device=DEVICE)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    torch_ref.store_kvcache(key, value, k_ref, v_ref, slots)
+    store_kvcache(key, value, k_cache, v_cache, slots)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("block_size", [16, 256])
+@pytest.mark.parametrize("head_dim", [128, 64])
+def test_prefill_mixed_batch(dtype: torch.dtype, block_size: int, head_dim: int) -> None:
+    # (context_len, q_len): full prompt, prefix hit, decode row inside prefill, long context with a late chunk.
+    seqs = [(1024, 1024), (700, 300), (513, 1), (2000, 77), (129, 129)]
+    ctx = torch.tensor([c for c, _ in seqs], dtype=torch.int32, device=DEVICE)
+    q_lens = torch.tensor([ql for _, ql in seqs], device=DEVICE)
+    cu = torch.nn.functional.pad(q_lens.cumsum(0), (1, 0)).to(torch.int32)
+    k_cache, v_cache, tables = paged_cache([c for c, _ in seqs], block_size, head_dim, dtype)
+    q = torch.randn(int(cu[-1]), NUM_HEADS, head_dim, dtype=dtype, device=DEVICE)
+    scale = head_dim ** -0.5
+    out = paged_prefill_attention(q, k_cache, v_cache, cu, ctx, tables, scale, max(ql for _, ql in seqs))
+    ref = torch_ref.paged_prefill_attention(*as_ref(q, k_cache, v_cache), cu, ctx, tables, scale)
+    assert out.dtype == dtype
+    assert rel_err(out, ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("block_size", [16, 256])
+@pytest.mark.parametrize("head_dim", [128, 64])
+@pytest.mark.parametrize("batch", [3, 48])
+def test_decode_mixed_lengths(dtype: torch.dtype, block_size: int, head_dim: int, batch: int) -> None:
+    lens = torch.randint(1, 5000, (batch,)).tolist()
+    lens[0], lens[-1] = 1, 6000  # extremes: a single key next to a long context
+    ctx = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    k_cache, v_cache, tables = paged_cache(lens, block_size, head_dim, dtype, extra_cols=3)
+    q = torch.randn(batch, NUM_HEADS, head_dim, dtype=dtype, device=DEVICE)
+    scale = head_dim ** -0.5
+    out = paged_decode_attention(q, k_cache, v_cache, ctx, tables, scale)
+    ref = torch_ref.paged_decode_attention(*as_ref(q, k_cache, v_cache), ctx, tables, scale)
+    assert out.dtype == dtype
+    assert rel_err(out, ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("batch", [4, 64])
+@pytest.mark.parametrize("block_size", [16, 256])
+def test_decode_cuda_graph_replay_with_new_context_lens(batch: int, block_size: int) -> None:
+    dtype, head_dim, capacity = torch.bfloat16, 128, 4096
+    k_cache, v_cache, tables = paged_cache([capacity] * batch, block_size, head_dim, dtype)
+    ctx = torch.full((batch,), 100, dtype=torch.int32, device=DEVICE)
+    q = torch.randn(batch, NUM_HEADS, head_dim, dtype=dtype, device=DEVICE)
+    scale = head_dim ** -0.5
+    paged_decode_attention(q, k_cache, v_cache, ctx, tables, scale)  # compile outside capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = paged_decode_attention(q, k_cache, v_cache, ctx, tables, scale)
+    for _ in range(3):
+        # New values in the same buffers, as the model runner does before each replay.
+        ctx.copy_(torch.randint(0, capacity + 1, (batch,), device=DEVICE, dtype=torch.int32))
+        ctx[0] = capacity
+        q.copy_(torch.randn_like(q))
+        graph.replay()
+        torch.cuda.synchronize()
+        live = ctx > 0  # context 0 rows are padding: zeros, not NaN
+        assert torch.equal(out[~live], torch.zeros_like(out[~live]))
+        ref = torch_ref.paged_decode_attention(*as_ref(q[live], k_cache, v_cache), ctx[live], tables[live], scale)
+        assert rel_err(out[live], ref) <= TOL[dtype]

@@ -1,0 +1,175 @@
+"""Triton kernels vs the torch reference on CPU through the Triton interpreter, at tiny shapes."""
+from __future__ import annotations
+
+import os
+
+# The interpreter is chosen when kernels are decorated, so this must precede any Triton import.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="Triton is not installed; the Triton kernels cannot be tested")
+
+from kernels import torch_ref, triton_decode, triton_prefill  # noqa: E402
+from kernels.backend import TorchBackend  # noqa: E402
+from kernels.metadata import AttentionMetadata  # noqa: E402
+from kernels.triton_backend import TritonBackend  # noqa: E402
+from kernels.triton_store_kv import store_kvcache  # noqa: E402
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("these tests run Triton kernels on CPU tensors and need TRITON_INTERPRET=1",
+                allow_module_level=True)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max abs error relative to the reference's max magnitude."""
+    return float((out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp(min=1e-12))
+
+
+def paged_cache(context_lens: list[int], block_size: int, num_kv_heads: int, head_dim: int,
+                extra_cols: int = 1, gen: torch.Generator | None = None):
+    """Random caches with shuffled block tables padded with -1; stale slots and spare blocks are NaN."""
+    need = [(c + block_size - 1) // block_size for c in context_lens]
+    num_blocks = sum(need) + 3
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.full(shape, float("nan"))
+    v_cache = torch.full(shape, float("nan"))
+    perm = torch.randperm(num_blocks, generator=gen)
+    tables = torch.full((len(context_lens), max(need, default=0) + extra_cols), -1, dtype=torch.int32)
+    used = 0
+    for b, (ctx, n) in enumerate(zip(context_lens, need)):
+        tables[b, :n] = perm[used:used + n].to(torch.int32)
+        used += n
+        slots = tables[b, :n].long()[:, None] * block_size + torch.arange(block_size)
+        slots = slots.flatten()[:ctx]
+        k_cache.view(-1, num_kv_heads, head_dim)[slots] = torch.randn(ctx, num_kv_heads, head_dim, generator=gen)
+        v_cache.view(-1, num_kv_heads, head_dim)[slots] = torch.randn(ctx, num_kv_heads, head_dim, generator=gen)
+    return k_cache, v_cache, tables
+
+
+def clean(cache: torch.Tensor) -> torch.Tensor:
+    """float64 copy with NaN stale slots zeroed: the reference masks them but NaN * 0 would still poison it."""
+    return cache.nan_to_num(0.0).double()
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_store_kvcache_matches_reference_and_skips_padded_slots(block_size: int, gen) -> None:
+    num_kv_heads, head_dim, num_tokens = 2, 32, 7
+    # Keys/values as strided views of a fused qkv tensor, the way attention layers hand them over.
+    qkv = torch.randn(num_tokens, 4 + 2 * num_kv_heads, head_dim, generator=gen)
+    key, value = qkv[:, 4:4 + num_kv_heads], qkv[:, 4 + num_kv_heads:]
+    slots = torch.tensor([0, 5, -1, block_size + 3, 3 * block_size - 1, -1, 2 * block_size], dtype=torch.int64)
+    k_cache = torch.randn(3, block_size, num_kv_heads, head_dim, generator=gen)
+    v_cache = torch.randn(3, block_size, num_kv_heads, head_dim, generator=gen)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    torch_ref.store_kvcache(key, value, k_ref, v_ref, slots)
+    store_kvcache(key, value, k_cache, v_cache, slots.to(torch.int32))
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+# (block_size, head_dim, num_kv_heads, group)
+SHAPES = [(16, 16, 2, 1), (32, 32, 2, 2), (16, 64, 1, 4), (32, 16, 2, 3)]
+
+
+@pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group", SHAPES)
+def test_prefill_mixed_batch_with_prefix_and_single_token_rows(block_size, head_dim, num_kv_heads, group, gen):
+    # (context_len, q_len): full prompt, prefix hit / later chunk, decode-like row, empty row, short prompt.
+    seqs = [(37, 37), (50, 13), (20, 1), (9, 0), (5, 5)]
+    context_lens = [c for c, _ in seqs]
+    k_cache, v_cache, tables = paged_cache(context_lens, block_size, num_kv_heads, head_dim, gen=gen)
+    q_lens = torch.tensor([ql for _, ql in seqs])
+    cu = torch.nn.functional.pad(q_lens.cumsum(0), (1, 0)).to(torch.int32)
+    q = torch.randn(int(cu[-1]), num_kv_heads * group, head_dim, generator=gen)
+    ctx = torch.tensor(context_lens, dtype=torch.int32)
+    scale = head_dim ** -0.5
+    out = triton_prefill.paged_prefill_attention(q, k_cache, v_cache, cu, ctx, tables, scale, int(q_lens.max()))
+    ref = torch_ref.paged_prefill_attention(q.double(), clean(k_cache), clean(v_cache), cu, ctx, tables, scale)
+    assert out.dtype == q.dtype
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_prefill_tile_spanning_several_cache_blocks(gen, monkeypatch) -> None:
+    # BLOCK_N = 32 over 16-token cache blocks exercises the per-position block lookup.
+    monkeypatch.setattr(triton_prefill, "_config", lambda q, d, bs: (16, 32, 4, 1))
+    k_cache, v_cache, tables = paged_cache([45, 30], 16, 2, 32, gen=gen)
+    cu = torch.tensor([0, 20, 50], dtype=torch.int32)
+    ctx = torch.tensor([45, 30], dtype=torch.int32)
+    q = torch.randn(50, 4, 32, generator=gen)
+    out = triton_prefill.paged_prefill_attention(q, k_cache, v_cache, cu, ctx, tables, 0.2, 30)
+    ref = torch_ref.paged_prefill_attention(q.double(), clean(k_cache), clean(v_cache), cu, ctx, tables, 0.2)
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group", SHAPES)
+@pytest.mark.parametrize("num_splits", [1, 3, None])
+def test_decode_very_different_lengths(block_size, head_dim, num_kv_heads, group, num_splits, gen):
+    context_lens = [1, 70, 17, 33]
+    k_cache, v_cache, tables = paged_cache(context_lens, block_size, num_kv_heads, head_dim, extra_cols=2, gen=gen)
+    q = torch.randn(len(context_lens), num_kv_heads * group, head_dim, generator=gen)
+    ctx = torch.tensor(context_lens, dtype=torch.int32)
+    scale = head_dim ** -0.5
+    out = triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, scale, num_splits=num_splits)
+    ref = torch_ref.paged_decode_attention(q.double(), clean(k_cache), clean(v_cache), ctx, tables, scale)
+    assert out.dtype == q.dtype
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_decode_padded_rows_give_zeros_not_nan(gen, monkeypatch) -> None:
+    # CUDA-graph padding: rows with context 0 and an all -1 table; BLOCK_N 32 over 16-token blocks.
+    monkeypatch.setattr(triton_decode, "_config", lambda q, d, bs: (32, 4, 1))
+    k_cache, v_cache, tables = paged_cache([40, 0, 23, 0], 16, 2, 16, gen=gen)
+    q = torch.randn(4, 4, 16, generator=gen)
+    ctx = torch.tensor([40, 0, 23, 0], dtype=torch.int32)
+    for splits in (1, 4):
+        out = triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, 0.25, num_splits=splits)
+        assert torch.equal(out[[1, 3]], torch.zeros_like(out[[1, 3]]))
+        real = torch.tensor([0, 2])
+        ref = torch_ref.paged_decode_attention(q[real].double(), clean(k_cache), clean(v_cache), ctx[real],
+                                               tables[real], 0.25)
+        assert rel_err(out[real], ref) < 1e-5
+
+
+def test_num_splits_depends_on_shapes_only() -> None:
+    # Few long sequences fan out over many splits, big batches use one, short capacity never splits.
+    assert triton_decode.choose_num_splits(4, 8, 64, 256, 132) > 8
+    assert triton_decode.choose_num_splits(256, 8, 8, 256, 132) == 1
+    assert triton_decode.choose_num_splits(1, 8, 1, 16, 132) == 1
+
+
+def test_backend_matches_torch_backend(gen) -> None:
+    torch_backend, triton_backend = TorchBackend(), TritonBackend()
+    assert triton_backend.name == "triton"
+    block_size, num_kv_heads, head_dim = 16, 2, 32
+    k_cache, v_cache, tables = paged_cache([21, 40], block_size, num_kv_heads, head_dim, gen=gen)
+    k_cache, v_cache = k_cache.nan_to_num(0.0), v_cache.nan_to_num(0.0)
+
+    # Prefill step: store 6 new tokens of sequence 1 (positions 34..39), then attend.
+    key = torch.randn(9, num_kv_heads, head_dim, generator=gen)
+    value = torch.randn(9, num_kv_heads, head_dim, generator=gen)
+    pos = torch.arange(34, 40)
+    slots = tables[1, pos // block_size].long() * block_size + pos % block_size
+    slots = torch.cat([torch.tensor([-1, -1, -1]), slots])  # first 3 rows are padding
+    caches = [(k_cache.clone(), v_cache.clone()) for _ in range(2)]
+    for backend, (kc, vc) in zip((torch_backend, triton_backend), caches):
+        backend.store_kvcache(key, value, kc, vc, slots)
+    assert torch.equal(caches[0][0], caches[1][0]) and torch.equal(caches[0][1], caches[1][1])
+    kc, vc = caches[1]
+
+    meta = AttentionMetadata(slot_mapping=slots, context_lens=torch.tensor([21, 40], dtype=torch.int32),
+                             block_tables=tables, cu_seqlens_q=torch.tensor([0, 3, 9], dtype=torch.int32),
+                             max_seqlen_q=6, max_seqlen_k=40)
+    q = torch.randn(9, 4, head_dim, generator=gen)
+    ref = torch_backend.forward(q, kc, vc, meta, 0.1)
+    assert rel_err(triton_backend.forward(q, kc, vc, meta, 0.1), ref) < 1e-5
+
+    meta = AttentionMetadata(slot_mapping=slots[:2], context_lens=meta.context_lens, block_tables=tables,
+                             is_decode=True)
+    q = torch.randn(2, 4, head_dim, generator=gen)
+    ref = torch_backend.forward(q, kc, vc, meta, 0.1)
+    assert rel_err(triton_backend.forward(q, kc, vc, meta, 0.1), ref) < 1e-5
