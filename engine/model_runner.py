@@ -1,6 +1,8 @@
 """ModelRunner: builds the model and its paged KV cache, turns a scheduled batch into tensors, runs it, samples."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from engine.config import Config
@@ -12,6 +14,20 @@ from layers.sampler import Sampler
 from models import get_model_class
 
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+
+
+@dataclass
+class StepInputs:
+    """Everything one forward and its sampling need, as tensors on the model's device."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    meta: AttentionMetadata
+    sample_rows: torch.Tensor
+    temperatures: torch.Tensor
+    top_ks: torch.Tensor | None = None
+    top_ps: torch.Tensor | None = None
+    generators: list[torch.Generator | None] | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -118,8 +134,8 @@ class ModelRunner:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
 
-    def prepare(self, items: list[tuple[Sequence, int]]):
-        """Flatten (sequence, num tokens) pairs into input ids, positions and attention metadata."""
+    def prepare(self, items: list[tuple[Sequence, int]]) -> StepInputs:
+        """Flatten (sequence, num tokens) pairs into input ids, positions, attention metadata and sampling rows."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -127,6 +143,7 @@ class ModelRunner:
         cu_q = [0]
         context_lens: list[int] = []
         sample_rows: list[int] = []
+        samplers: list[Sequence] = []
         for seq, n in items:
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
             input_ids.extend(seq.token_ids[start:end])
@@ -137,6 +154,7 @@ class ModelRunner:
             context_lens.append(end)
             if end == seq.num_tokens:
                 sample_rows.append(cu_q[-1] - 1)
+                samplers.append(seq)
         width = max(len(seq.block_table) for seq, _ in items)
         tables = [seq.block_table + [-1] * (width - len(seq.block_table)) for seq, _ in items]
         meta = AttentionMetadata(
@@ -148,28 +166,34 @@ class ModelRunner:
             max_seqlen_k=max(context_lens),
             is_decode=all(n == 1 for _, n in items),
         )
-        return (self._tensor(input_ids, torch.int64), self._tensor(positions, torch.int64), meta,
-                self._tensor(sample_rows, torch.int64))
+        sp = [s.sampling_params for s in samplers]
+        return StepInputs(
+            input_ids=self._tensor(input_ids, torch.int64), positions=self._tensor(positions, torch.int64),
+            meta=meta, sample_rows=self._tensor(sample_rows, torch.int64),
+            temperatures=self._tensor([p.temperature for p in sp], torch.float32),
+            top_ks=self._tensor([p.top_k for p in sp], torch.int64) if any(p.top_k != -1 for p in sp) else None,
+            top_ps=self._tensor([p.top_p for p in sp], torch.float32) if any(p.top_p < 1 for p in sp) else None,
+            generators=[s.generator for s in samplers] if any(s.generator is not None for s in samplers) else None,
+        )
 
     @torch.inference_mode()
-    def run(self, items: list[tuple[Sequence, int]]) -> list[int | None]:
-        """One forward over the batch; a sampled token for each item whose tokens are now all computed.
+    def execute(self, inputs: StepInputs) -> torch.Tensor | None:
+        """The forward on every rank: hidden states, then logits of the rows to sample (None if none)."""
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        if inputs.sample_rows.numel() == 0:
+            return None
+        return self.model.compute_logits(hidden[inputs.sample_rows])
 
-        A token of -1 means the logits were not finite (the request must fail, not emit garbage).
-        """
-        input_ids, positions, meta, rows = self.prepare(items)
-        hidden = self.model(input_ids, positions, meta)
-        samplers = [seq for seq, n in items if seq.num_computed_tokens + n == seq.num_tokens]
-        if not samplers:
-            return [None] * len(items)
-        logits = self.model.compute_logits(hidden[rows])
-        sp = [s.sampling_params for s in samplers]
-        temps = self._tensor([p.temperature for p in sp], torch.float32)
-        top_ks = self._tensor([p.top_k for p in sp], torch.int64) if any(p.top_k != -1 for p in sp) else None
-        top_ps = self._tensor([p.top_p for p in sp], torch.float32) if any(p.top_p < 1 for p in sp) else None
-        gens = [s.generator for s in samplers]
-        tokens = self.sampler(logits, temps, top_ks, top_ps, gens if any(gens) else None)
+    @torch.inference_mode()
+    def sample(self, logits: torch.Tensor, inputs: StepInputs) -> list[int]:
+        """One token per sampled row; -1 where the logits were not finite (that request must fail)."""
+        tokens = self.sampler(logits, inputs.temperatures, inputs.top_ks, inputs.top_ps, inputs.generators)
         finite = torch.isfinite(logits).all(dim=-1)
-        tokens = torch.where(finite, tokens, torch.full_like(tokens, -1)).tolist()
-        it = iter(tokens)
-        return [next(it) if seq.num_computed_tokens + n == seq.num_tokens else None for seq, n in items]
+        return torch.where(finite, tokens, torch.full_like(tokens, -1)).tolist()
+
+    def run(self, items: list[tuple[Sequence, int]]) -> list[int | None]:
+        """One step: a sampled token for each item whose tokens are now all computed, else None."""
+        inputs = self.prepare(items)
+        logits = self.execute(inputs)
+        tokens = iter(self.sample(logits, inputs) if logits is not None else [])
+        return [next(tokens) if seq.num_computed_tokens + n == seq.num_tokens else None for seq, n in items]
