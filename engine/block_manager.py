@@ -73,14 +73,15 @@ class BlockManager:
             i = len(hashes)
             parent = hashes[-1] if hashes else -1
             hashes.append(chain_hash(seq.token_ids[i * bs:(i + 1) * bs], parent))
-        return hashes[:num_full]
+        return hashes
 
     def find_cached_prefix(self, seq: Sequence) -> list[int]:
         """Block ids holding the longest cached prefix of seq; never the whole sequence (>= 1 token computes)."""
         if not self.enable_prefix_caching:
             return []
         hit: list[int] = []
-        for h in self._hashes_for(seq, (seq.num_tokens - 1) // self.block_size):
+        num_full = (seq.num_tokens - 1) // self.block_size
+        for h in self._hashes_for(seq, num_full)[:num_full]:
             block_id = self.hash_to_block.get(h)
             if block_id is None:
                 break
@@ -102,7 +103,13 @@ class BlockManager:
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int, cached_blocks: list[int] | None = None) -> bool:
         """Grow seq's block table to hold num_computed + num_new_tokens tokens; False (and no change) if it can't."""
-        cached_blocks = cached_blocks or []
+        if not cached_blocks:
+            need = (seq.num_computed_tokens + num_new_tokens + self.block_size - 1) // self.block_size - len(seq.block_table)
+            if need > len(self.free_ids) + len(self.cached_lru):
+                return False
+            for _ in range(need):
+                seq.block_table.append(self._take_block())
+            return True
         total = seq.num_computed_tokens + len(cached_blocks) * self.block_size + num_new_tokens
         num_new_blocks = self.blocks_needed(total) - len(seq.block_table) - len(cached_blocks)
         revived = sum(1 for b in cached_blocks if self.blocks[b].ref_count == 0)
@@ -125,14 +132,17 @@ class BlockManager:
         Called when a step is scheduled: the forward writes each layer's K/V before attention
         reads it, so a request scheduled later in the same step may already share these blocks.
         """
-        if not self.enable_prefix_caching:
+        num_full = num_tokens // self.block_size
+        if not self.enable_prefix_caching or num_full <= seq.num_committed_blocks:
             return
-        hashes = self._hashes_for(seq, num_tokens // self.block_size)
-        for i, h in enumerate(hashes):
+        hashes = self._hashes_for(seq, num_full)
+        for i in range(seq.num_committed_blocks, num_full):
+            h = hashes[i]
             block = self.blocks[seq.block_table[i]]
             if block.hash == -1 and h not in self.hash_to_block:
                 block.hash = h
                 self.hash_to_block[h] = block.block_id
+        seq.num_committed_blocks = num_full
 
     def free(self, seq: Sequence, forget_hashes: bool = False) -> None:
         """Release seq's blocks, tail first so the LRU evicts a prefix's tail before its head.
@@ -152,6 +162,7 @@ class BlockManager:
                     self.free_ids.append(block_id)
         seq.block_table = []
         seq.num_computed_tokens = 0
+        seq.num_committed_blocks = 0
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached hash (e.g. after a weight change); cached blocks become free."""

@@ -19,7 +19,15 @@ class LLM(LLMEngine):
             sampling_params = [sampling_params or SamplingParams()] * len(prompts)
         if len(sampling_params) != len(prompts):
             raise ValueError(f"got {len(sampling_params)} sampling_params for {len(prompts)} prompts; pass one or one per prompt")
-        seqs = [self.add_request(p, sp, detokenize=bool(sp.stop)) for p, sp in zip(prompts, sampling_params)]
+        seqs = []
+        try:
+            for p, sp in zip(prompts, sampling_params):
+                seqs.append(self.add_request(p, sp, detokenize=bool(sp.stop)))
+        except Exception:
+            for seq in seqs:  # one bad prompt rejects the call, leaving nothing queued
+                self.abort_request(seq.request_id)
+            self._pending.clear()
+            raise
         results: dict[str, dict[str, Any]] = {}
         bar = tqdm(total=len(seqs), desc="Generating", disable=not use_tqdm, dynamic_ncols=True)
         pieces: dict[str, list[str]] = {}

@@ -63,25 +63,38 @@ class Scheduler:
             budget = self._schedule_running(batch, self.max_num_batched_tokens, decodes_only=False)
             if not batch.preempted:
                 self._schedule_waiting(batch, budget)
-        for seq, n in batch.items:
-            self.block_manager.commit_full_blocks(seq, seq.num_computed_tokens + n)
         return batch
+
+    def _add_item(self, batch: ScheduledBatch, seq: Sequence, n: int) -> None:
+        # Publish hashes now, not after the step: a request admitted later in this same step can
+        # then share these blocks (each layer writes K/V before any attention reads it).
+        batch.items.append((seq, n))
+        self.block_manager.commit_full_blocks(seq, seq.num_computed_tokens + n)
 
     def _schedule_running(self, batch: ScheduledBatch, budget: int, decodes_only: bool) -> int:
         """Give running requests their next tokens, oldest first, preempting the newest when blocks run out."""
+        bm = self.block_manager
+        bs = bm.block_size
+        running = self.running
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            n = min(seq.num_uncomputed_tokens, budget)
-            if decodes_only and seq.num_uncomputed_tokens > 1:
+        # The hot loop of every decode step: plain attribute reads, no calls unless a block boundary is crossed.
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            uncomputed = len(seq.token_ids) - seq.num_computed_tokens
+            if decodes_only and uncomputed > 1:
                 i += 1
                 continue
-            while not self.block_manager.allocate_slots(seq, n):
-                victim = self.running.pop()
-                self._preempt(victim, batch)
-                if victim is seq:
-                    return budget
+            n = uncomputed if uncomputed < budget else budget
+            end = seq.num_computed_tokens + n
+            if end > len(seq.block_table) * bs:
+                while not bm.allocate_slots(seq, n):
+                    victim = running.pop()
+                    self._preempt(victim, batch)
+                    if victim is seq:
+                        return budget
             batch.items.append((seq, n))
+            if end // bs > seq.num_committed_blocks:
+                bm.commit_full_blocks(seq, end)
             budget -= n
             i += 1
         return budget
@@ -95,7 +108,7 @@ class Scheduler:
                 n = min(seq.num_uncomputed_tokens, budget)
                 if not self.block_manager.allocate_slots(seq, n):
                     break
-                batch.items.append((seq, n))
+                self._add_item(batch, seq, n)
                 budget -= n
         self._schedule_waiting(batch, budget)
 
@@ -117,11 +130,13 @@ class Scheduler:
                 seq.num_cached_tokens = num_cached
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            batch.items.append((seq, n))
+            self._add_item(batch, seq, n)
             budget -= n
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
-        self.block_manager.free(seq)
+        scheduled = any(s is seq for s, _ in batch.items)
+        # If it was already scheduled this step its new blocks' hashes were published but will not be written.
+        self.block_manager.free(seq, forget_hashes=scheduled)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.waiting.appendleft(seq)

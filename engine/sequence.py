@@ -35,6 +35,7 @@ class Sequence:
         self.num_computed_tokens = 0
         self.block_table: list[int] = []
         self.block_hashes: list[int] = []  # chain hash of each full block, computed as blocks fill
+        self.num_committed_blocks = 0  # leading blocks whose hashes are already published
         self.finish_reason: str | None = None
         self.error: str | None = None
         # Metrics.
