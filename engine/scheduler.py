@@ -76,23 +76,26 @@ class Scheduler:
         bm = self.block_manager
         bs = bm.block_size
         running = self.running
-        i = 0
+        append = batch.items.append
+        i, count = 0, len(running)
         # The hot loop of every decode step: plain attribute reads, no calls unless a block boundary is crossed.
-        while i < len(running) and budget > 0:
+        while i < count and budget > 0:
             seq = running[i]
-            uncomputed = len(seq.token_ids) - seq.num_computed_tokens
+            computed = seq.num_computed_tokens
+            uncomputed = len(seq.token_ids) - computed
             if decodes_only and uncomputed > 1:
                 i += 1
                 continue
             n = uncomputed if uncomputed < budget else budget
-            end = seq.num_computed_tokens + n
+            end = computed + n
             if end > len(seq.block_table) * bs:
                 while not bm.allocate_slots(seq, n):
                     victim = running.pop()
+                    count -= 1
                     self._preempt(victim, batch)
                     if victim is seq:
                         return budget
-            batch.items.append((seq, n))
+            append((seq, n))
             if end // bs > seq.num_committed_blocks:
                 bm.commit_full_blocks(seq, end)
             budget -= n

@@ -23,6 +23,10 @@ class Sequence:
     a step schedules some of the rest (a prefill chunk, or the one token a decode adds).
     """
 
+    __slots__ = ("seq_id", "request_id", "token_ids", "num_prompt_tokens", "sampling_params", "status",
+                 "num_computed_tokens", "block_table", "block_hashes", "num_committed_blocks", "finish_reason",
+                 "error", "arrival_time", "first_token_time", "token_times", "num_cached_tokens",
+                 "num_preemptions", "admitted", "generator")
     _ids = count()
 
     def __init__(self, token_ids: list[int], sampling_params: SamplingParams, request_id: str | None = None):
