@@ -25,6 +25,7 @@ class Config:
     enable_prefix_caching: bool = True
     scheduling_policy: str = "mixed"
     enforce_eager: bool = False
+    compile_small_ops: bool = True  # torch.compile RMSNorm / SiLU-and-mul / rotary on CUDA (CPU stays eager)
     tensor_parallel_size: int = 1
     attention_backend: str = "auto"
     hf_config: Any = field(default=None, repr=False)

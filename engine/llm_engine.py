@@ -16,10 +16,12 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.loader import load_hf_config
 from engine.model_runner import ModelRunner
 from engine.outputs import RequestOutput
+from engine.prompt_check import check_prompt_text
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence, SequenceStatus
 from engine.stats import CACHED, FREE, SHARED, USED, BlockMap, EngineStats, StepStats
+from engine.tp import EngineDeadError
 
 
 class LLMEngine:
@@ -42,26 +44,48 @@ class LLMEngine:
         self._pending: list[RequestOutput] = []  # outputs decided outside a step (errors at admission, aborts)
         self.num_steps = self.num_prefill_tokens = self.num_decode_tokens = 0
         self.prefix_cache_queries = self.prefix_cache_hits = self.num_preemptions = 0
+        self.num_chunked_prefills = 0
         self.collect_block_map = False
         self.last_step: StepStats | None = None
 
     def _make_runner(self, config: Config):
+        if config.tensor_parallel_size > 1:  # rank 0 runs here; ranks 1..N-1 are worker processes
+            from engine.tp import TPModelRunner
+            return TPModelRunner(config)
         return ModelRunner(config)
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers, if any (also done at exit); the engine cannot step after this."""
+        stop = getattr(self.model_runner, "shutdown", None)
+        if stop is not None:
+            stop()
+
+    def rank_memory_bytes(self) -> list[int]:
+        """Memory held by each tensor-parallel rank, rank 0 first (CUDA: allocated bytes; CPU: weights + KV cache)."""
+        runner = self.model_runner
+        return runner.rank_memory_bytes() if hasattr(runner, "rank_memory_bytes") else [runner.memory_bytes()]
 
     # -- requests ------------------------------------------------------------------------------
     def tokenize(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of a text prompt (or a copy of given ids); ValueError if the text can't be tokenized."""
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
+            if not prompt:
+                return []
+            check_prompt_text(prompt, self.config.max_model_len, self.tokenizer)
+            try:
+                return self.tokenizer.encode(prompt, add_special_tokens=False)
+            except Exception as exc:  # a tokenizer failure is this request's problem, not the engine's
+                raise ValueError(f"cannot tokenize the prompt ({type(exc).__name__}: {exc}); "
+                                 "send plain text or token ids") from exc
+        if not isinstance(prompt, (list, tuple)):
+            raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
         return list(prompt)
 
-    def add_request(self, prompt: str | list[int], sampling_params: SamplingParams | None = None,
-                    request_id: str | None = None, detokenize: bool = True) -> Sequence:
-        """Validate and queue a request; raises ValueError naming the bad value and the limit."""
+    def validate_request(self, prompt: str | list[int], sampling_params: SamplingParams | None = None) -> list[int]:
+        """Tokenize and check a request without queueing it; reads only config and tokenizer, so any thread may call it."""
         sp = sampling_params or SamplingParams()
         if not isinstance(sp, SamplingParams):
             raise ValueError(f"sampling_params must be a SamplingParams, got {type(sp).__name__}")
-        if request_id is not None and request_id in self.requests:
-            raise ValueError(f"request_id {request_id!r} is already in use; pass a unique id or None")
         ids = self.tokenize(prompt)
         if not ids:
             raise ValueError("prompt is empty; send at least one token")
@@ -72,6 +96,15 @@ class LLMEngine:
         if len(ids) + sp.max_tokens > limit:
             raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({sp.max_tokens}) = {len(ids) + sp.max_tokens} "
                              f"exceeds max_model_len={limit}; shorten the prompt, lower max_tokens or raise --max-model-len")
+        return ids
+
+    def add_request(self, prompt: str | list[int], sampling_params: SamplingParams | None = None,
+                    request_id: str | None = None, detokenize: bool = True) -> Sequence:
+        """Validate and queue a request; raises ValueError naming the bad value and the limit."""
+        sp = sampling_params or SamplingParams()
+        ids = self.validate_request(prompt, sp)
+        if request_id is not None and request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use; pass a unique id or None")
         seq = Sequence(ids, sp, request_id)
         self.requests[seq.request_id] = seq
         if detokenize:
@@ -114,19 +147,34 @@ class LLMEngine:
         """Schedule, run one forward, sample, and return this step's output deltas."""
         start = time.monotonic()
         batch = self.scheduler.schedule()
+        counts = self._classify(batch)
         outputs, self._pending = self._pending, []
         error = None
         if batch.items:
             try:
                 tokens = self.model_runner.run(batch.items)
+            except EngineDeadError:  # the tensor-parallel group is gone: nothing can step any more
+                raise
             except Exception as exc:  # one failed forward fails its requests, not the engine
                 error = f"{type(exc).__name__}: {exc}"
                 self.last_traceback = traceback.format_exc()
                 outputs.extend(self._fail_batch(batch, error))
             else:
                 outputs.extend(self._process(batch, tokens))
-        self._record(batch, start, outputs, error)
+        self._record(batch, counts, start, outputs, error)
         return outputs
+
+    @staticmethod
+    def _classify(batch: ScheduledBatch) -> tuple[int, int, int]:
+        """(prefill tokens, decode tokens, prefills cut short by the budget), before the step runs."""
+        prefill = decode = chunked = 0
+        for seq, n in batch.items:
+            if n == 1 and seq.num_uncomputed_tokens == 1 and seq.num_completion_tokens > 0:
+                decode += 1
+            else:
+                prefill += n
+                chunked += n < seq.num_uncomputed_tokens
+        return prefill, decode, chunked
 
     def _fail_batch(self, batch: ScheduledBatch, error: str) -> list[RequestOutput]:
         outs = []
@@ -167,15 +215,12 @@ class LLMEngine:
             outs.append(self._output(seq, [token], seq.is_finished))
         return outs
 
-    def _record(self, batch: ScheduledBatch, start: float, outputs: list[RequestOutput], error: str | None) -> None:
-        prefill = decode = 0
-        for seq, n in batch.items:
-            if n == 1 and seq.num_completion_tokens > 0 and seq.num_computed_tokens >= seq.num_tokens - 1:
-                decode += 1
-            else:
-                prefill += n
+    def _record(self, batch: ScheduledBatch, counts: tuple[int, int, int], start: float,
+                outputs: list[RequestOutput], error: str | None) -> None:
+        prefill, decode, chunked = counts
         if batch.items:
             self.num_steps += 1
+        self.num_chunked_prefills += chunked
         self.num_prefill_tokens += prefill
         self.num_decode_tokens += decode
         self.prefix_cache_queries += batch.prefix_queries
@@ -202,7 +247,8 @@ class LLMEngine:
             prefix_cache_hits=self.prefix_cache_hits, num_preemptions=self.num_preemptions,
             num_steps=self.num_steps, num_prefill_tokens=self.num_prefill_tokens,
             num_decode_tokens=self.num_decode_tokens, num_running=len(self.scheduler.running),
-            num_waiting=len(self.scheduler.waiting))
+            num_waiting=len(self.scheduler.waiting), num_chunked_prefills=self.num_chunked_prefills,
+            tensor_parallel_size=self.config.tensor_parallel_size, rank_memory_bytes=tuple(self.rank_memory_bytes()))
 
     def block_map(self) -> BlockMap:
         """Every block's state and first owning request, for the dashboard's heat map."""

@@ -9,6 +9,13 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from layers.parallel_state import get_tp_size
+
+
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}  # safetensors dtype codes the loader accepts
+SAFETENSORS_DTYPES = {"I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8", "BOOL": "bool",
+                      "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
 
 class ModelLoadError(ValueError):
     """The model directory can't be used; the message names the problem and the fix."""
@@ -62,12 +69,17 @@ def load_model(model: nn.Module, model_dir: str) -> None:
                 if param is None:
                     raise ModelLoadError(f"checkpoint tensor {name!r} has no place in the model built from "
                                          "config.json; the weights don't match the config")
+                dtype = f.get_slice(name).get_dtype()
+                if dtype not in FLOAT_DTYPES:  # copy_() would silently cast integers into garbage weights
+                    raise ModelLoadError(f"checkpoint tensor {name!r} in {path} has dtype {SAFETENSORS_DTYPES.get(dtype, dtype)}; "
+                                         "the engine loads float32/bfloat16/float16 weights — re-save the model unquantized")
+                loader = getattr(param, "weight_loader", None)
                 try:
-                    tensor = f.get_tensor(name)
+                    # Under TP a weight loader narrows the tensor to its rank's shard: read only that part.
+                    tensor = LazySlice(f.get_slice(name)) if loader and get_tp_size() > 1 else f.get_tensor(name)
                 except Exception as exc:
                     raise ModelLoadError(f"cannot read tensor {name!r} from {path} ({exc}); "
                                          "the file is truncated — re-download or re-save the model") from exc
-                loader = getattr(param, "weight_loader", None)
                 try:
                     if shard is None:
                         loader(param, tensor) if loader else _default_loader(param, tensor)
@@ -87,6 +99,25 @@ def load_model(model: nn.Module, model_dir: str) -> None:
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise ModelLoadError(f"checkpoint is missing weights {shown}; the weights don't match config.json")
+
+
+class LazySlice:
+    """A checkpoint tensor not read yet: narrow() or indexing reads just that part from the safetensors file."""
+
+    def __init__(self, view) -> None:
+        self._view = view
+        self.shape = torch.Size(view.get_shape())
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def narrow(self, dim: int, start: int, length: int) -> torch.Tensor:
+        index = [slice(None)] * len(self.shape)
+        index[dim] = slice(start, start + length)
+        return self._view[tuple(index)]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return self._view[index]
 
 
 def _map_name(name: str, packed: dict) -> tuple[str, object]:

@@ -4,12 +4,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from engine.config import Config
+from engine.cuda_graph import GRAPH_BACKENDS, CUDAGraphRunner
+from engine.input_builder import InputBuilder
 from engine.loader import load_model
+from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 from kernels.backend import get_backend
 from kernels.metadata import AttentionMetadata
+from layers.compiled import compile_small_ops
+from layers.parallel_state import get_tp_rank, get_tp_size
 from layers.sampler import Sampler
 from models import get_model_class
 
@@ -28,6 +34,9 @@ class StepInputs:
     top_ks: torch.Tensor | None = None
     top_ps: torch.Tensor | None = None
     generators: list[torch.Generator | None] | None = None
+    all_greedy: bool = False  # decided on the host, so sampling needs no device read
+    graph_bucket: int = 0  # > 0: inputs sit in that CUDA graph's static buffers; replay it
+    num_rows: int = 0  # real rows (a graph bucket pads past them)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,6 +69,9 @@ class ModelRunner:
         self.config = config
         hf = config.hf_config
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and get_tp_size() > 1:  # one GPU per tensor-parallel rank
+            self.device = torch.device("cuda", get_tp_rank())
+            torch.cuda.set_device(self.device)
         self.dtype = resolve_dtype(config.dtype, self.device, hf)
         self.block_size = config.kvcache_block_size
         default_dtype = torch.get_default_dtype()
@@ -71,10 +83,23 @@ class ModelRunner:
             torch.set_default_dtype(default_dtype)
         load_model(self.model, config.model)
         self.model.eval()
+        self.compiled = config.compile_small_ops and compile_small_ops(self.model, self.device, self.dtype)
         self.sampler = Sampler()
         self.attention_layers = [m for m in self.model.modules() if m.__class__.__name__ == "Attention"]
         self.backend = get_backend(config.attention_backend, self.device, self.block_size)
+        self.inputs = InputBuilder(self.device, self.block_size)
+        self.cuda_graphs: CUDAGraphRunner | None = None
         self.num_kvcache_blocks = self._allocate_kv_cache()
+        self.cuda_graphs = self._capture_cuda_graphs()
+
+    def _capture_cuda_graphs(self) -> CUDAGraphRunner | None:
+        """Decode graphs on CUDA with a capturable backend, unless enforce_eager; after the KV cache exists."""
+        cfg = self.config
+        if cfg.enforce_eager or self.device.type != "cuda" or self.backend.name not in GRAPH_BACKENDS:
+            return None
+        graphs = CUDAGraphRunner(self.model, self.device, cfg.max_num_seqs, cfg.max_model_len, self.block_size)
+        graphs.capture()
+        return graphs
 
     # -- KV cache ----------------------------------------------------------------------------
     def _block_bytes(self) -> int:
@@ -94,9 +119,10 @@ class ModelRunner:
                                  "raise --kv-cache-memory or lower --block-size")
             return num
         if self.device.type == "cuda":
+            peak = self._measure_activation_peak()
             free, total = torch.cuda.mem_get_info(self.device)
             used = total - free
-            budget = int(total * cfg.gpu_memory_utilization) - used - self._activation_reserve()
+            budget = int(total * cfg.gpu_memory_utilization) - used - peak
             num = budget // block_bytes
             if num < 1:
                 raise ValueError(f"no GPU memory left for the KV cache at gpu_memory_utilization="
@@ -104,96 +130,131 @@ class ModelRunner:
             return num
         return max(1, DEFAULT_CPU_KV_CACHE_BYTES // block_bytes)
 
-    def _activation_reserve(self) -> int:
-        """Rough peak activation memory of one full-budget forward (logits dominate for big vocabularies)."""
-        hf = self.config.hf_config
-        tokens = self.config.max_num_batched_tokens
-        per_token = (hf.hidden_size * 6 + hf.intermediate_size * 3) * self.dtype.itemsize
-        logits = self.config.max_num_seqs * hf.vocab_size * 4 * 3
-        return tokens * per_token + logits + (512 << 20)
+    def _measure_activation_peak(self) -> int:
+        """Peak memory of a max-size prefill forward plus sampling max_num_seqs rows, measured on a scratch cache."""
+        cfg = self.config
+        tokens = cfg.max_num_batched_tokens
+        seq_len = min(cfg.max_model_len, tokens)
+        num_seqs = max(1, min(tokens // seq_len, cfg.max_num_seqs))
+        blocks_per_seq = -(-seq_len // self.block_size)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        scratch = self._bind_kv_cache(num_seqs * blocks_per_seq)
+        scratch_bytes = scratch.numel() * scratch.element_size()
+        sp = SamplingParams(temperature=1.0, top_k=50, top_p=0.9)  # the sampler's most memory-hungry path
+        seqs = []
+        for i in range(num_seqs):
+            seq = Sequence([0] * seq_len, sp)
+            seq.block_table = list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq))
+            seqs.append(seq)
+        with torch.inference_mode():
+            inputs = self.prepare([(seq, seq_len) for seq in seqs])
+            hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+            rows = hidden[:1].expand(cfg.max_num_seqs, -1).contiguous()
+            logits = self.model.compute_logits(rows)
+            if logits is not None:
+                ones = torch.ones(cfg.max_num_seqs, device=self.device)
+                self.sampler(logits, ones, torch.full_like(ones, 50, dtype=torch.int64), ones * 0.9)
+            del hidden, rows, logits
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - base - scratch_bytes
+        del scratch
+        self.kv_cache = torch.tensor([])
+        for layer in self.attention_layers:
+            layer.k_cache = layer.v_cache = self.kv_cache
+        torch.cuda.empty_cache()
+        return max(peak, 0)
 
-    def _allocate_kv_cache(self) -> int:
-        num_blocks = self._num_blocks()
+    def _bind_kv_cache(self, num_blocks: int) -> torch.Tensor:
+        """Allocate a [2, layers, blocks, block_size, kv_heads, head_dim] cache and point every layer at it."""
         attn = self.attention_layers[0]
         shape = (2, len(self.attention_layers), num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim)
-        try:
-            self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        except (RuntimeError, MemoryError) as exc:
-            raise ValueError(f"cannot allocate a KV cache of {num_blocks} blocks "
-                             f"({num_blocks * self._block_bytes() / 2**30:.2f} GiB): {exc}; lower "
-                             "--num-kvcache-blocks / --kv-cache-memory / --gpu-memory-utilization") from exc
+        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         for i, layer in enumerate(self.attention_layers):
             layer.k_cache, layer.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
             layer.backend = self.backend
+        return self.kv_cache
+
+    def _allocate_kv_cache(self) -> int:
+        num_blocks = self._num_blocks()
+        if get_tp_size() > 1:  # every rank must hold the same blocks: agree on the smallest count
+            agreed = torch.tensor([num_blocks], device=self.device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+            num_blocks = int(agreed.item())
+        try:
+            self._bind_kv_cache(num_blocks)
+        except (RuntimeError, MemoryError) as exc:
+            raise ValueError(f"cannot allocate a KV cache of {num_blocks} blocks "
+                             f"({num_blocks * self._block_bytes() / 2**30:.2f} GiB): {_first_line(exc)}; lower "
+                             "--num-kvcache-blocks / --kv-cache-memory / --gpu-memory-utilization") from exc
         return num_blocks
 
-    # -- one step ------------------------------------------------------------------------------
-    def _tensor(self, data: list, dtype: torch.dtype) -> torch.Tensor:
-        t = torch.tensor(data, dtype=dtype)
+    def memory_bytes(self) -> int:
+        """This rank's memory: allocated bytes on CUDA, weights + KV cache on CPU."""
         if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t
+            return torch.cuda.memory_allocated(self.device)
+        tensors = [*self.model.parameters(), self.kv_cache]
+        return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
+    # -- one step ------------------------------------------------------------------------------
     def prepare(self, items: list[tuple[Sequence, int]]) -> StepInputs:
         """Flatten (sequence, num tokens) pairs into input ids, positions, attention metadata and sampling rows."""
-        bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        cu_q = [0]
-        context_lens: list[int] = []
-        sample_rows: list[int] = []
-        samplers: list[Sequence] = []
-        for seq, n in items:
-            start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
-            table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            cu_q.append(cu_q[-1] + n)
-            context_lens.append(end)
-            if end == seq.num_tokens:
-                sample_rows.append(cu_q[-1] - 1)
-                samplers.append(seq)
-        width = max(len(seq.block_table) for seq, _ in items)
-        tables = [seq.block_table + [-1] * (width - len(seq.block_table)) for seq, _ in items]
+        b = self.inputs.build(items, self.cuda_graphs)
+        t = b.tensors
         meta = AttentionMetadata(
-            slot_mapping=self._tensor(slots, torch.int64),
-            context_lens=self._tensor(context_lens, torch.int32),
-            block_tables=self._tensor(tables, torch.int32),
-            cu_seqlens_q=self._tensor(cu_q, torch.int32),
-            max_seqlen_q=max(n for _, n in items),
-            max_seqlen_k=max(context_lens),
-            is_decode=all(n == 1 for _, n in items),
+            slot_mapping=t["slot_mapping"], context_lens=t["context_lens"], block_tables=t["block_tables"],
+            cu_seqlens_q=t["cu_seqlens_q"], max_seqlen_q=b.max_seqlen_q, max_seqlen_k=b.max_seqlen_k,
+            is_decode=b.is_decode,
         )
-        sp = [s.sampling_params for s in samplers]
+        gens = [s.generator for s in b.samplers]
         return StepInputs(
-            input_ids=self._tensor(input_ids, torch.int64), positions=self._tensor(positions, torch.int64),
-            meta=meta, sample_rows=self._tensor(sample_rows, torch.int64),
-            temperatures=self._tensor([p.temperature for p in sp], torch.float32),
-            top_ks=self._tensor([p.top_k for p in sp], torch.int64) if any(p.top_k != -1 for p in sp) else None,
-            top_ps=self._tensor([p.top_p for p in sp], torch.float32) if any(p.top_p < 1 for p in sp) else None,
-            generators=[s.generator for s in samplers] if any(s.generator is not None for s in samplers) else None,
+            input_ids=t["input_ids"], positions=t["positions"], meta=meta, sample_rows=t["sample_rows"],
+            temperatures=t["temperatures"], top_ks=t["top_ks"] if b.use_top_k else None,
+            top_ps=t["top_ps"] if b.use_top_p else None,
+            generators=gens if any(g is not None for g in gens) else None,
+            all_greedy=b.all_greedy, graph_bucket=b.graph_bucket, num_rows=b.num_rows,
         )
 
     @torch.inference_mode()
     def execute(self, inputs: StepInputs) -> torch.Tensor | None:
         """The forward on every rank: hidden states, then logits of the rows to sample (None if none)."""
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
-        if inputs.sample_rows.numel() == 0:
+        if inputs.graph_bucket:
+            hidden = self.cuda_graphs.replay(inputs.graph_bucket)
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        num_samples = inputs.sample_rows.numel()
+        if num_samples == 0:
             return None
-        return self.model.compute_logits(hidden[inputs.sample_rows])
+        # Decode steps sample every row in order: a slice instead of a gather.
+        rows = hidden[:num_samples] if inputs.meta.is_decode and num_samples == inputs.num_rows else hidden[inputs.sample_rows]
+        return self.model.compute_logits(rows)
 
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, inputs: StepInputs) -> list[int]:
         """One token per sampled row; -1 where the logits were not finite (that request must fail)."""
-        tokens = self.sampler(logits, inputs.temperatures, inputs.top_ks, inputs.top_ps, inputs.generators)
-        finite = torch.isfinite(logits).all(dim=-1)
-        return torch.where(finite, tokens, torch.full_like(tokens, -1)).tolist()
+        tokens = self.sampler(logits, inputs.temperatures, inputs.top_ks, inputs.top_ps, inputs.generators,
+                              all_greedy=inputs.all_greedy)
+        if inputs.all_greedy:
+            # argmax picks a NaN or +inf if the row has one: checking the picked logit is enough (no extra pass).
+            finite = torch.isfinite(logits.gather(1, tokens.unsqueeze(1)).squeeze(1))
+        else:
+            finite = torch.isfinite(logits).all(dim=-1)
+        return torch.where(finite, tokens, -1).tolist()
 
     def run(self, items: list[tuple[Sequence, int]]) -> list[int | None]:
         """One step: a sampled token for each item whose tokens are now all computed, else None."""
         inputs = self.prepare(items)
         logits = self.execute(inputs)
-        tokens = iter(self.sample(logits, inputs) if logits is not None else [])
+        sampled = self.sample(logits, inputs) if logits is not None else []
+        if len(sampled) == len(items):  # every item sampled (decode steps): already in item order
+            return sampled
+        tokens = iter(sampled)
         return [next(tokens) if seq.num_computed_tokens + n == seq.num_tokens else None for seq, n in items]
+
+
+def _first_line(exc: BaseException) -> str:
+    """An allocator's error on one line (CUDA OOM messages span several), so the ValueError stays one line."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

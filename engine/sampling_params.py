@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+MAX_STOP_CHARS = 1024
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -35,6 +37,10 @@ class SamplingParams:
             if not all(isinstance(s, str) for s in self.stop):
                 raise ValueError("stop must be a string or a list of strings")
             self.stop = [s for s in self.stop if s]
+            longest = max((len(s) for s in self.stop), default=0)
+            if longest > MAX_STOP_CHARS:  # detokenizing rescans this much text per token
+                raise ValueError(f"a stop string has {longest} characters; stop strings may have at most "
+                                 f"{MAX_STOP_CHARS}")
         if self.stop_token_ids is not None and not all(isinstance(i, int) and i >= 0 for i in self.stop_token_ids):
             raise ValueError(f"stop_token_ids={self.stop_token_ids!r} must be non-negative integers")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):

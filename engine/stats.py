@@ -30,6 +30,9 @@ class EngineStats:
     num_decode_tokens: int
     num_running: int
     num_waiting: int
+    num_chunked_prefills: int = 0  # scheduled prefills cut short by the token budget
+    tensor_parallel_size: int = 1
+    rank_memory_bytes: tuple[int, ...] = ()  # per tensor-parallel rank, rank 0 first (CUDA: allocated bytes)
 
     @property
     def kv_cache_usage_perc(self) -> float:

@@ -41,7 +41,8 @@ class LinearBase(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
+def _copy_checked(dst: torch.Tensor, src) -> None:
+    src = src if isinstance(src, torch.Tensor) else src[:]  # a loader.LazySlice that was not narrowed: read it all
     if dst.shape != src.shape:
         raise ValueError(f"weight shape {tuple(src.shape)} does not match the model's {tuple(dst.shape)}; "
                          "the checkpoint does not match its config.json")

@@ -35,12 +35,18 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos_cached", emb.cos(), persistent=False)
         self.register_buffer("sin_cached", emb.sin(), persistent=False)
+        self.fn = apply_rotary  # swapped for a torch.compile'd one on CUDA (layers.compiled)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """q [N, Hq, D], k [N, Hkv, D] rotated at positions [N]."""
-        cos = self.cos_cached[positions].unsqueeze(1)
-        sin = self.sin_cached[positions].unsqueeze(1)
-        return _apply(q, cos, sin), _apply(k, cos, sin)
+        return self.fn(positions, q, k, self.cos_cached, self.sin_cached)
+
+
+def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_cached: torch.Tensor,
+                 sin_cached: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    cos = cos_cached[positions].unsqueeze(1)
+    sin = sin_cached[positions].unsqueeze(1)
+    return _apply(q, cos, sin), _apply(k, cos, sin)
 
 
 def _apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -14,11 +14,15 @@ class Sampler(nn.Module):
     """
 
     def forward(self, logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tensor | None,
-                top_ps: torch.Tensor | None, generators: list[torch.Generator | None] | None = None) -> torch.Tensor:
+                top_ps: torch.Tensor | None, generators: list[torch.Generator | None] | None = None,
+                all_greedy: bool | None = None) -> torch.Tensor:
+        """all_greedy: the caller already knows every temperature is 0 (saves a device-to-host read)."""
+        if all_greedy is None:
+            all_greedy = bool((temperatures == 0).all())
+        if all_greedy:
+            return logits.argmax(dim=-1)  # bf16 -> fp32 is exact, so no upcast is needed for the argmax
         logits = logits.float()
         greedy = logits.argmax(dim=-1)
-        if bool((temperatures == 0).all()):
-            return greedy
         temps = torch.where(temperatures == 0, torch.ones_like(temperatures), temperatures)
         logits = logits / temps.unsqueeze(1)
         if top_ks is not None:

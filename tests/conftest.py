@@ -5,6 +5,11 @@ import pathlib
 import pytest
 
 
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true", default=False,
+                     help="run the long fuzzing profile (tests/test_fuzz_scheduler.py; same as NANOVLLM_FUZZ=long)")
+
+
 @pytest.fixture(scope="session")
 def demo_model_dir() -> pathlib.Path:
     """SmolLM2-135M-Instruct as a float32 HF dir (downloads and converts on first use, ~40 s)."""

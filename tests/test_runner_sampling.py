@@ -1,0 +1,39 @@
+"""ModelRunner.sample: greediness decided on the host, non-finite logits flagged with -1 on both sampling paths."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.random_model import make_random_model
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+from engine.sequence import Sequence
+
+TINY = dict(num_hidden_layers=1, hidden_size=64, intermediate_size=64, num_attention_heads=2,
+            num_key_value_heads=1, head_dim=32, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    model_dir = make_random_model(tmp_path_factory.mktemp("tiny-runner"), **TINY)
+    return LLMEngine(str(model_dir), device="cpu", kvcache_block_size=16, max_model_len=64,
+                     num_kvcache_blocks=8).model_runner
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_non_finite_rows_are_flagged(runner, temperature: float) -> None:
+    seqs = []
+    for i in range(3):
+        seq = Sequence([5 + i, 6, 7], SamplingParams(temperature=temperature, seed=i))
+        seq.block_table = [i]
+        seqs.append(seq)
+    inputs = runner.prepare([(s, 3) for s in seqs])
+    assert inputs.all_greedy == (temperature == 0)
+    logits = torch.randn(3, TINY["vocab_size"])
+    logits[1, 17] = float("nan")
+    logits[2, 3] = float("inf")
+    tokens = runner.sample(logits, inputs)
+    assert tokens[1] == -1 and tokens[2] == -1
+    assert 0 <= tokens[0] < TINY["vocab_size"]
+    if temperature == 0:
+        assert tokens[0] == int(logits[0].argmax())
