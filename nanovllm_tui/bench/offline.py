@@ -1,0 +1,53 @@
+"""Offline throughput: every request queued at once, the engine stepped to completion (nano-vllm's bench)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tqdm.auto import tqdm
+
+from engine import SamplingParams
+from engine.stats import StepStats
+from nanovllm_tui.bench.results import OfflineResult, percentile
+from nanovllm_tui.bench.workload import BenchRequest, total_output_tokens, total_prompt_tokens
+
+WARMUP_PROMPT = "Benchmark: "  # nano-vllm's warm-up: llm.generate(["Benchmark: "], SamplingParams())
+
+
+def warm_up(llm) -> None:
+    """One request with default sampling (nano-vllm's warm-up), so one-time costs stay out of the timed run."""
+    ids = llm.tokenize(WARMUP_PROMPT) or [0]
+    sp = SamplingParams(max_tokens=min(64, max(1, llm.config.max_model_len - len(ids))))
+    llm.add_request(ids, sp, detokenize=False)
+    while llm.has_unfinished_requests():
+        llm.step()
+
+
+def run_offline(llm, workload: list[BenchRequest], temperature: float, warmup: bool = True,
+                progress: bool = True, on_step: Callable[[StepStats], None] | None = None) -> OfflineResult:
+    """Queue the whole workload (ignore_eos), step until done; on_step gets engine.last_step after each step."""
+    if warmup:
+        warm_up(llm)
+    params = [SamplingParams(temperature=temperature, max_tokens=r.max_tokens, ignore_eos=True) for r in workload]
+    expected = total_output_tokens(workload)
+    bar = tqdm(total=expected, desc="nanovllm-tui", unit="tok", disable=not progress, dynamic_ncols=True)
+    steps_before = llm.stats().num_steps
+    start = time.perf_counter()
+    # Timed like nano-vllm's bench: adding the requests is part of the run.
+    seqs = [llm.add_request(list(r.prompt_token_ids), sp, detokenize=False) for r, sp in zip(workload, params)]
+    errors: list[str] = []
+    while llm.has_unfinished_requests():
+        outs = llm.step()
+        if on_step is not None and llm.last_step is not None:
+            on_step(llm.last_step)
+        bar.update(sum(len(o.token_ids) for o in outs))
+        errors.extend(o.error for o in outs if o.finished and o.finish_reason == "error")
+    seconds = time.perf_counter() - start
+    bar.close()
+    decode_rates = [(s.num_completion_tokens - 1) / (s.token_times[-1] - s.first_token_time)
+                    for s in seqs if s.num_completion_tokens > 1 and s.token_times[-1] > s.first_token_time]
+    return OfflineResult(
+        engine="nanovllm-tui", num_requests=len(workload), prompt_tokens=total_prompt_tokens(workload),
+        output_tokens=sum(s.num_completion_tokens for s in seqs), expected_output_tokens=expected,
+        seconds=seconds, num_errors=len(errors), decode_tok_s_per_request_p50=percentile(decode_rates, 50),
+        extra={"first_error": errors[0] if errors else None, "num_steps": llm.stats().num_steps - steps_before})

@@ -1,0 +1,220 @@
+"""`nanovllm-tui bench` on CPU: the CLI end to end (ours and transformers CB on a tiny random Qwen3, offline and
+online), the floor arithmetic on a hand-computed case, and the default workload's token count."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+
+import pytest
+
+from nanovllm_tui.bench import main
+from nanovllm_tui.bench.floor import (ModelShape, attention_pairs, kv_token_reads, min_decode_steps, model_shape,
+                                      workload_floor)
+from nanovllm_tui.bench.results import percentile
+from nanovllm_tui.bench.workload import (BenchRequest, make_offline_workload, poisson_arrivals,
+                                         total_output_tokens)
+
+TINY_QWEN3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64,
+              "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "head_dim": 16, "vocab_size": 2048, "max_position_embeddings": 1024, "tie_word_embeddings": True,
+              "bos_token_id": 1, "eos_token_id": 2, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+              "torch_dtype": "float32"}
+NUM_REQUESTS = 6
+SMALL = ["--num-requests", str(NUM_REQUESTS), "--prompt-len", "8,48", "--output-len", "4,24", "--max-token-id", "2000",
+         "--device", "cpu", "--block-size", "16", "--max-model-len", "128", "--num-kvcache-blocks", "96",
+         "--max-num-seqs", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    """A tiny Qwen3 config.json and a private cache dir for the random-weight model built from it."""
+    root = tmp_path_factory.mktemp("bench")
+    path = root / "tiny-qwen3.json"
+    path.write_text(json.dumps(TINY_QWEN3))
+    return ["--config", str(path), "--cache-dir", str(root / "cache")]
+
+
+# -- workload ------------------------------------------------------------------------------------
+
+def test_default_workload_is_nano_vllms_bench():
+    workload = make_offline_workload()
+    assert len(workload) == 256
+    assert total_output_tokens(workload) == 133_966
+    # nano-vllm's own code, on the module-level generator (state restored afterwards).
+    state = random.getstate()
+    try:
+        random.seed(0)
+        prompts = [[random.randint(0, 10000) for _ in range(random.randint(100, 1024))] for _ in range(256)]
+        max_tokens = [random.randint(100, 1024) for _ in range(256)]
+    finally:
+        random.setstate(state)
+    assert [list(r.prompt_token_ids) for r in workload] == prompts
+    assert [r.max_tokens for r in workload] == max_tokens
+
+
+def test_workload_validates_and_is_deterministic():
+    a = make_offline_workload(5, (3, 7), (2, 4), seed=7, max_token_id=50)
+    assert a == make_offline_workload(5, (3, 7), (2, 4), seed=7, max_token_id=50)
+    assert all(3 <= r.prompt_len <= 7 and 2 <= r.max_tokens <= 4 and max(r.prompt_token_ids) <= 50 for r in a)
+    with pytest.raises(ValueError, match="prompt_len_range"):
+        make_offline_workload(5, (0, 7))
+    with pytest.raises(ValueError, match="num_requests"):
+        make_offline_workload(0)
+
+
+def test_poisson_arrivals():
+    times = poisson_arrivals(4000, 20.0, seed=1)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert times[0] == 0 and all(g >= 0 for g in gaps)
+    assert abs(sum(gaps) / len(gaps) - 1 / 20) < 0.005  # mean gap 1/rate (std error ~0.0008)
+    assert poisson_arrivals(3, math.inf) == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="request_rate"):
+        poisson_arrivals(3, 0)
+
+
+def test_percentile_matches_numpy_linear():
+    import numpy as np
+
+    values = [5.0, 1.0, 9.0, 3.0, 7.5, 2.25]
+    for q in (0, 50, 90, 99, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert percentile([], 50) is None
+
+
+# -- floor arithmetic -----------------------------------------------------------------------------
+
+def test_floor_hand_computed_case():
+    shape = ModelShape(non_embedding_params=1000, vocab_size=10, hidden_size=4, num_layers=2, num_heads=2,
+                       num_kv_heads=1, head_dim=2, dtype_bytes=2)
+    workload = [BenchRequest((1, 2, 3), 2), BenchRequest((4,), 4)]
+    # KV of the k-th generated token (k >= 2) = p + k - 1 tokens: (3+1) = 4 and (1+1)+(1+2)+(1+3) = 9.
+    assert kv_token_reads(3, 2) == 4 and kv_token_reads(1, 4) == 9
+    # Tokens through the network p + o - 1 = 4 each, causal pairs 1+2+3+4 = 10 each.
+    assert attention_pairs(3, 2) == 10 and attention_pairs(1, 4) == 10
+    # Decode steps: max(o) - 1 = 3 with room for both; 4 when only one sequence fits per step.
+    assert min_decode_steps([2, 4], 8) == 3 and min_decode_steps([2, 4], 1) == 4
+    f = workload_floor(shape, workload, bandwidth_gbs=1e-6, peak_tflops=1e-9, max_num_seqs=8)
+    assert shape.weight_bytes_per_step == (1000 + 40) * 2 == 2080
+    assert shape.kv_bytes_per_token == 2 * 2 * 1 * 2 * 2 == 16
+    assert f.decode_steps == 3
+    assert f.weight_bytes == 3 * 2080 == 6240
+    assert f.kv_bytes == 13 * 16 == 208
+    assert f.bytes_total == 6448
+    # 2*1000*8 (weights x tokens) + 2*40*6 (LM head x sampled rows) + 4*2*2*2*20 (attention pairs).
+    assert f.flops == 16000 + 480 + 640 == 17120
+    assert f.memory_seconds == pytest.approx(6448 / 1000)      # 1e-6 GB/s = 1000 B/s
+    assert f.compute_seconds == pytest.approx(17120 / 1000)    # 1e-9 TFLOPS = 1000 FLOP/s
+    assert f.memory_tok_s == pytest.approx(6 / 6.448)
+    d = f.as_dict(measured_seconds=12.896)
+    assert d["memory_fraction"] == pytest.approx(0.5)
+
+
+def test_floor_of_the_default_workload_on_qwen3_06b():
+    """The issue's figure: about 38k tok/s at a 4.3 TB/s copy rate, Qwen3-0.6B in bf16."""
+    h, i, layers = 1024, 3072, 28
+    per_layer = h * 16 * 128 + 2 * h * 8 * 128 + 16 * 128 * h + 3 * h * i + 2 * h + 2 * 128
+    shape = ModelShape(layers * per_layer + h, 151936, h, layers, 16, 8, 128, 2)
+    f = workload_floor(shape, make_offline_workload(), 4300, 989, max_num_seqs=256)
+    assert 37_000 < f.memory_tok_s < 39_000
+
+
+# -- the CLI end to end ------------------------------------------------------------------------------
+
+def test_bench_modules_do_not_import_textual():
+    code = ("import sys; import nanovllm_tui.bench.cli, nanovllm_tui.bench.offline, nanovllm_tui.bench.online, "
+            "nanovllm_tui.bench.compare_hf, nanovllm_tui.bench.floor, nanovllm_tui.bench.model_source; "
+            "assert 'textual' not in sys.modules, 'bench imported textual'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_offline_cli_with_transformers_json_and_trace(tiny_config, tmp_path, capsys):
+    out, trace = tmp_path / "bench.json", tmp_path / "trace.jsonl"
+    rc = main(["offline", *tiny_config, *SMALL, "--compare", "transformers", "--compare", "transformers-static",
+               "--hf-batch-size", "4", "--json", str(out), "--trace", str(trace)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "Total: " in printed and "nanovllm-tui / transformers-cb:" in printed and "Floor:" in printed
+    doc = json.loads(out.read_text())
+    assert {"mode", "argv", "environment", "model", "engine_options", "workload", "engine", "offline", "ratios",
+            "floor", "trace"} <= set(doc)
+    expected = doc["workload"]["output_tokens"]
+    assert expected == total_output_tokens(make_offline_workload(NUM_REQUESTS, (8, 48), (4, 24), 0, 2000))
+    assert set(doc["offline"]) == {"nanovllm-tui", "transformers-cb", "transformers-static"}
+    for result in doc["offline"].values():
+        assert result["num_errors"] == 0 and result["num_requests"] == NUM_REQUESTS
+        assert result["output_tokens"] == result["expected_output_tokens"] == expected
+        assert result["seconds"] > 0 and result["output_tok_s"] == pytest.approx(expected / result["seconds"])
+    ours, hf = doc["offline"]["nanovllm-tui"], doc["offline"]["transformers-cb"]
+    assert doc["ratios"]["nanovllm-tui/transformers-cb"] == pytest.approx(ours["output_tok_s"] / hf["output_tok_s"])
+    assert hf["extra"]["attn_implementation"]
+    static = doc["offline"]["transformers-static"]["extra"]
+    assert static["generated_including_padding"] >= expected  # each batch runs to its longest request
+    floor = doc["floor"]
+    for key in ("bandwidth_gbs", "peak_tflops", "decode_steps", "weight_bytes", "kv_bytes", "flops",
+                "memory_floor_tok_s", "compute_floor_tok_s", "memory_fraction", "compute_fraction", "model_shape"):
+        assert floor[key] is not None and floor[key] == floor[key], key
+    assert floor["bandwidth_gbs"] > 0 and 0 < floor["memory_fraction"]
+    # The trace holds every timed step: each request finishes once, and (no preemption) every output token but
+    # each request's first comes from a decode.
+    steps = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert len(steps) == doc["trace"]["steps"] == ours["extra"]["num_steps"] > 0
+    assert sorted(r for s in steps for r in s["finished_request_ids"]) == sorted(
+        {r for s in steps for r in s["finished_request_ids"]})
+    assert sum(len(s["finished_request_ids"]) for s in steps) == NUM_REQUESTS
+    assert sum(s["num_preemptions"] for s in steps) == 0
+    assert sum(s["num_decode_tokens"] for s in steps) == expected - NUM_REQUESTS
+    assert max(s["num_seqs"] for s in steps) <= 4  # --max-num-seqs reached the engine
+
+
+def test_online_cli_through_the_service(tiny_config, tmp_path):
+    out, trace = tmp_path / "online.json", tmp_path / "trace.jsonl"
+    rc = main(["online", *tiny_config, *SMALL, "--request-rate", "50", "--policy", "prefill_first",
+               "--json", str(out), "--trace", str(trace)])
+    assert rc == 0
+    online = json.loads(out.read_text())["online"]["prefill_first"]
+    assert online["num_requests"] == NUM_REQUESTS and online["num_errors"] == 0
+    assert online["policy"] == "prefill_first" and online["request_rate"] == 50
+    workload = make_offline_workload(NUM_REQUESTS, (8, 48), (4, 24), 0, 2000)
+    assert online["output_tokens"] == total_output_tokens(workload)
+    for name in ("ttft", "itl", "tpot", "e2e"):
+        d = online[name]
+        assert 0 <= d["p50"] <= d["p90"] <= d["p99"] <= d["max"], name
+    assert online["ttft"]["count"] == online["e2e"]["count"] == NUM_REQUESTS
+    assert online["itl"]["count"] == online["output_tokens"] - NUM_REQUESTS
+    assert online["e2e"]["p50"] >= online["ttft"]["p50"]
+    assert online["output_tok_s"] > 0 and online["mean_in_flight"] > 0
+    assert all(json.loads(line)["policy"] == "prefill_first" for line in trace.read_text().splitlines())
+
+
+def test_config_model_is_built_once_and_reused(tiny_config):
+    from nanovllm_tui.bench.model_source import resolve_model
+
+    cfg, cache = tiny_config[1], tiny_config[3]
+    path = resolve_model(None, cfg, cache)
+    assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model(None, cfg, cache) == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == mtime
+    shape = model_shape(str(path), 4)
+    assert shape.vocab_size == 2048 and shape.num_layers == 2 and shape.num_kv_heads == 2
+    # 2 layers x (q 64*64 + k,v 2*64*32 + o 64*64 + mlp 3*64*128 + norms 2*64 + q/k norm 2*16) + final norm 64.
+    assert shape.non_embedding_params == 2 * (4096 + 4096 + 4096 + 24576 + 128 + 32) + 64
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-token-id", "5000"], "outside the model's vocabulary"),
+    (["--output-len", "100,200"], "--max-model-len"),
+    (["--policy", "mixed,prefill_first"], "offline mode runs one --policy"),
+    (["online", "--compare", "transformers"], "--compare runs the offline workload"),
+])
+def test_bad_flags_fail_with_a_message(tiny_config, capsys, extra, message):
+    assert main([*tiny_config, *SMALL, *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_config_file_fails_with_a_message(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "nope.json"), "--no-progress"]) == 2
+    assert "cannot read --config" in capsys.readouterr().err
