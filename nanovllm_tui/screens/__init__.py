@@ -1,0 +1,1 @@
+"""Screens of the app: settings modal, help, benchmark, full-screen dashboard."""

@@ -1,0 +1,1 @@
+"""Widgets of the app: chat panes and the dashboard."""

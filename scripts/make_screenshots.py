@@ -1,0 +1,105 @@
+"""Drive the real app (demo model, real engine) headless and save screenshots into screenshots/.
+
+    python scripts/make_screenshots.py [--model DIR] [--out screenshots]
+
+Writes chat_sessions.svg (three chats streaming beside the dashboard), benchmark.svg (a benchmark run
+mid-flight) and settings.svg (the session settings modal), plus .png copies when cairosvg is installed.
+Re-run it whenever the UI changes.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from engine import LLM  # noqa: E402
+from engine.demo_model import ensure_demo_model  # noqa: E402
+from engine.service import EngineService  # noqa: E402
+from nanovllm_tui.app import NanoVllmApp  # noqa: E402
+from nanovllm_tui.session import SessionSettings  # noqa: E402
+from nanovllm_tui.stats_window import EngineInfo  # noqa: E402
+
+SIZE = (160, 50)
+PROMPTS = ["Explain what a KV cache is in two short paragraphs.",
+           "Write a haiku about GPUs, then explain it.",
+           "List five tips for writing readable Python code."]
+
+
+async def wait_until(pilot, cond, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the app did not reach the state to screenshot")
+        await pilot.pause(0.05)
+
+
+def save(app: NanoVllmApp, out: pathlib.Path, name: str) -> None:
+    for widget in app.screen.query("TextArea, Input"):
+        widget.cursor_blink = False
+    path = out / f"{name}.svg"
+    app.save_screenshot(filename=path.name, path=str(out))
+    try:
+        import cairosvg
+    except ImportError:
+        print(f"wrote {path}")
+        return
+    cairosvg.svg2png(url=str(path), write_to=str(out / f"{name}.png"))
+    print(f"wrote {path} and {name}.png")
+
+
+async def main(model: str, out: pathlib.Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    llm = LLM(model, kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=384)
+    app = NanoVllmApp(EngineService(llm), EngineInfo.from_llm(llm, pathlib.Path(model).name), owns_service=True,
+                      default_settings=SessionSettings(temperature=0.7, seed=0, max_tokens=200))
+    async with app.run_test(size=SIZE) as pilot:
+        # 1. three chats streaming at once, batched by the engine
+        for i, prompt in enumerate(PROMPTS, start=1):
+            if i > 1:
+                await pilot.press("ctrl+n")
+            await wait_until(pilot, lambda i=i: app.pane_of(i) is not None and app.focused is app.pane_of(i).prompt)
+            await pilot.press(*prompt)
+        for i in (1, 2, 3):  # send all three at once, as quick Enters in three tabs would
+            app.pane_of(i).prompt.action_send()
+        await pilot.press("alt+2")
+
+        def streaming() -> bool:
+            answers = [app.pane_of(i).answer for i in (1, 2, 3)]
+            return all(a is not None and len(a.text) > 30 for a in answers) or any(a and a.done for a in answers)
+        await wait_until(pilot, streaming)
+        await pilot.pause(0.3)
+        save(app, out, "chat_sessions")
+        await wait_until(pilot, lambda: not any(s.busy for s in app.sessions.values()))
+
+        # 2. a benchmark mid-flight (the dashboard beside it animates)
+        await pilot.press("f5")
+        await pilot.pause(0.3)
+        screen = app.screen
+        screen.query_one("#bench-requests").value = "32"
+        screen.query_one("#bench-prompt").value = "32-192"
+        screen.query_one("#bench-output").value = "16-96"
+        await pilot.press("ctrl+s")
+        run = app.bench_run
+        await wait_until(pilot, lambda: run.num_finished >= run.total // 3)
+        await pilot.pause(0.3)
+        save(app, out, "benchmark")
+        await wait_until(pilot, lambda: run.end_time is not None)
+        await pilot.press("escape")
+
+        # 3. the settings modal
+        await pilot.press("f2")
+        await pilot.pause(0.5)
+        save(app, out, "settings")
+        await pilot.press("escape")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model dir (default: the demo model SmolLM2-135M-Instruct)")
+    parser.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parents[1] / "screenshots"))
+    args = parser.parse_args()
+    asyncio.run(main(args.model or str(ensure_demo_model()), pathlib.Path(args.out)))
