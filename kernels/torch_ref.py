@@ -73,7 +73,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     # Padded gather of every sequence's keys: [B, Hkv, L, D], masked past each context length.
     k = k_cache[tables].reshape(batch, -1, num_kv_heads, head_dim)[:, :max_len].transpose(1, 2)
     v = v_cache[tables].reshape(batch, -1, num_kv_heads, head_dim)[:, :max_len].transpose(1, 2)
-    mask = torch.arange(max_len, device=q.device)[None, :] < context_lens[:, None]
+    mask = None
+    if batch > 1:  # one sequence has nothing to mask (its keys end at max_len); SDPA is faster unmasked
+        mask = (torch.arange(max_len, device=q.device)[None, :] < context_lens[:, None])[:, None, None, :]
     qb = q.view(batch, num_kv_heads, group, head_dim).to(k.dtype)
-    o = F.scaled_dot_product_attention(qb, k, v, attn_mask=mask[:, None, None, :], scale=scale)
+    o = F.scaled_dot_product_attention(qb, k, v, attn_mask=mask, scale=scale)
     return o.reshape(batch, num_heads, head_dim).to(q.dtype)
