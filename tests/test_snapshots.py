@@ -30,10 +30,12 @@ def idle_service(demo_model_dir):
 @pytest.fixture
 def app(idle_service):
     service, info = idle_service
-    return NanoVllmApp(service, info, default_settings=SessionSettings(temperature=0.0, max_tokens=64))
+    app = NanoVllmApp(service, info, default_settings=SessionSettings(temperature=0.0, max_tokens=64))
+    app.animation_level = "none"  # e.g. the tab underline slides: a snapshot mid-animation would differ
+    return app
 
 
-def after(*keys: str):
+def after(*keys: str, scroll_home: bool = False):
     """run_before for snap_compare: press keys, then let the stats timer draw the dashboard at least once
     (snap_compare's own `press` runs after run_before, too late for the timer)."""
     async def drawn(pilot) -> None:
@@ -54,6 +56,11 @@ def after(*keys: str):
         if keys:
             await pilot.press(*keys)
             await drawn(pilot)
+        if scroll_home:  # focus may scroll a tall screen at a timing-dependent moment: pin it to the top
+            for widget in pilot.app.screen.query("*"):
+                if widget.is_scrollable:
+                    widget.scroll_home(animate=False)
+            await pilot.pause(0.2)
     return run_before
 
 
@@ -66,7 +73,7 @@ def test_main_screen_80x24(snap_compare, app):
 
 
 def test_dashboard_screen_80x24(snap_compare, app):
-    assert snap_compare(app, terminal_size=(80, 24), run_before=after("f3"))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=after("f3", scroll_home=True))
 
 
 def test_settings_modal(snap_compare, app):
