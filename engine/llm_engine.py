@@ -8,7 +8,6 @@ import json
 import os
 import time
 import traceback
-from typing import Sequence as Seq
 
 from engine.block_manager import BlockManager
 from engine.config import Config
@@ -19,7 +18,7 @@ from engine.outputs import RequestOutput
 from engine.prompt_check import check_prompt_text
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
-from engine.sequence import Sequence, SequenceStatus
+from engine.sequence import Sequence
 from engine.stats import CACHED, FREE, SHARED, USED, BlockMap, EngineStats, StepStats
 from engine.tp import EngineDeadError
 
@@ -168,12 +167,14 @@ class LLMEngine:
     def _classify(batch: ScheduledBatch) -> tuple[int, int, int]:
         """(prefill tokens, decode tokens, prefills cut short by the budget), before the step runs."""
         prefill = decode = chunked = 0
-        for seq, n in batch.items:
-            if n == 1 and seq.num_uncomputed_tokens == 1 and seq.num_completion_tokens > 0:
+        for seq, n in batch.items:  # runs every step over every request: plain attribute reads
+            num_tokens = len(seq.token_ids)
+            uncomputed = num_tokens - seq.num_computed_tokens
+            if n == 1 and uncomputed == 1 and num_tokens > seq.num_prompt_tokens:
                 decode += 1
             else:
                 prefill += n
-                chunked += n < seq.num_uncomputed_tokens
+                chunked += n < uncomputed
         return prefill, decode, chunked
 
     def _fail_batch(self, batch: ScheduledBatch, error: str) -> list[RequestOutput]:
