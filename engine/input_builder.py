@@ -8,6 +8,7 @@ sampling parameters); the device tensors are views into the matching device buff
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 from itertools import chain
@@ -33,37 +34,67 @@ class GraphLayouts(Protocol):
     def bucket_for(self, num_seqs: int, max_blocks: int) -> int | None: ...
 
 
+_ALIGN_BYTES = 16  # Triton specialises pointer arguments on 16-byte alignment: keep every view aligned
+
+
+def _align(n: int, itemsize: int) -> int:
+    step = _ALIGN_BYTES // itemsize
+    return -(-n // step) * step
+
+
 @dataclass(frozen=True)
 class Layout:
-    """Offsets of each input inside the int64 / int32 / float32 buffers, for rows x tokens x width x samples."""
+    """Offsets of each input inside the int64 / int32 / float32 buffers, for rows x tokens x width x samples.
+
+    Every view starts 16-byte aligned: an unaligned view (e.g. cu_seqlens_q after an odd token count)
+    would make Triton compile a new kernel variant mid-run (~0.5 s stalls measured on an H200).
+    """
 
     rows: int
     tokens: int
     width: int
     samples: int
 
-    @property
-    def size64(self) -> int:  # ids, positions, slots [tokens]; cu_seqlens_q [rows+1]; sample_rows, top_ks [samples]
-        return 3 * self.tokens + self.rows + 1 + 2 * self.samples
+    def _fields(self) -> tuple[tuple[tuple[str, int], ...], ...]:
+        t, r, s, w = self.tokens, self.rows, self.samples, self.width
+        return ((("input_ids", t), ("positions", t), ("slot_mapping", t), ("cu_seqlens_q", r + 1),
+                 ("sample_rows", s), ("top_ks", s)),
+                (("context_lens", r), ("block_tables", r * w)),
+                (("temperatures", s), ("top_ps", s)))
+
+    @functools.cached_property
+    def _spans(self) -> tuple[dict[str, tuple[int, int]], tuple[int, int, int]]:
+        spans, sizes = {}, []
+        for fields, itemsize in zip(self._fields(), (8, 4, 4)):
+            offset = 0
+            for name, n in fields:
+                spans[name] = (offset, offset + n)
+                offset = _align(offset + n, itemsize)
+            sizes.append(offset)
+        return spans, tuple(sizes)
 
     @property
-    def size32(self) -> int:  # context_lens [rows]; block_tables [rows, width]
-        return self.rows * (1 + self.width)
+    def size64(self) -> int:
+        return self._spans[1][0]
 
     @property
-    def sizef(self) -> int:  # temperatures, top_ps [samples]
-        return 2 * self.samples
+    def size32(self) -> int:
+        return self._spans[1][1]
+
+    @property
+    def sizef(self) -> int:
+        return self._spans[1][2]
 
     def views(self, b64: torch.Tensor, b32: torch.Tensor, bf: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named views of this layout into three flat buffers (host or device)."""
-        t, r, s, w = self.tokens, self.rows, self.samples, self.width
-        cu = 3 * t + r + 1
-        return {
-            "input_ids": b64[0:t], "positions": b64[t:2 * t], "slot_mapping": b64[2 * t:3 * t],
-            "cu_seqlens_q": b64[3 * t:cu], "sample_rows": b64[cu:cu + s], "top_ks": b64[cu + s:cu + 2 * s],
-            "context_lens": b32[0:r], "block_tables": b32[r:r * (1 + w)].reshape(r, w),
-            "temperatures": bf[0:s], "top_ps": bf[s:2 * s],
-        }
+        spans = self._spans[0]
+        out = {}
+        for fields, buf in zip(self._fields(), (b64, b32, bf)):
+            for name, _ in fields:
+                lo, hi = spans[name]
+                out[name] = buf[lo:hi]
+        out["block_tables"] = out["block_tables"].reshape(self.rows, self.width)
+        return out
 
 
 class DeviceBuffers:

@@ -1,6 +1,7 @@
 """ModelRunner: builds the model and its paged KV cache, turns a scheduled batch into tensors, runs it, samples."""
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import torch
@@ -97,12 +98,20 @@ class ModelRunner:
         cfg = self.config
         if cfg.enforce_eager or self.device.type != "cuda" or self.backend.name not in GRAPH_BACKENDS:
             return None
-        if cfg.tensor_parallel_size > 1:
-            # Known bug: TP=2 with decode graphs hung on 2×H200 (the eager TP=2 run matched TP=1), so TP runs eager.
-            return None
         graphs = CUDAGraphRunner(self.model, self.device, cfg.max_num_seqs, cfg.max_model_len, self.block_size)
         graphs.capture()
         return graphs
+
+    def release_cuda_graphs(self) -> None:
+        """Drop the captured graphs and their memory pool (before a tensor-parallel group is destroyed:
+        graphs that captured NCCL collectives keep the communicator busy)."""
+        if self.cuda_graphs is None:
+            return
+        self.cuda_graphs = None
+        self.inputs = InputBuilder(self.device, self.block_size)  # its views may point into the graphs' buffers
+        gc.collect()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
 
     # -- KV cache ----------------------------------------------------------------------------
     def _block_bytes(self) -> int:

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from engine.tp_worker import worker_main
 COLLECTIVE_TIMEOUT_S = 120.0  # last resort only: a dead worker is noticed within a second by its process sentinel
 STARTUP_TIMEOUT_S = 300.0  # workers load their shard of the weights in this time
 JOIN_TIMEOUT_S = 3.0
+DESTROY_TIMEOUT_S = 10.0
 
 
 class EngineDeadError(RuntimeError):
@@ -90,6 +92,30 @@ def _describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def _destroy_group(procs: list) -> None:
+    """destroy_process_group on a helper thread; abort the group if it has not finished in time."""
+    def destroy() -> None:
+        try:
+            dist.destroy_process_group()
+        except Exception:  # a broken group (dead peer) may refuse a clean teardown; it is gone either way
+            pass
+
+    t = threading.Thread(target=destroy, name="tp-destroy", daemon=True)
+    t.start()
+    t.join(DESTROY_TIMEOUT_S)
+    if t.is_alive():
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+        if abort is not None:
+            try:
+                abort()
+            except Exception:
+                pass
+        t.join(DESTROY_TIMEOUT_S)
+
+
 class _WorkerGroup:
     """The worker processes, their pipes and the step channel; close() is idempotent and safe at exit."""
 
@@ -100,6 +126,7 @@ class _WorkerGroup:
         self.reason: str | None = None
         self._wake_r, self._wake_w = os.pipe()
         self._watchdog: threading.Thread | None = None
+        self.release: Callable[[], None] | None = None  # rank 0's graph release, run before the teardown
 
     def start_watchdog(self) -> None:
         self._watchdog = threading.Thread(target=self._watch, name="tp-watchdog", daemon=True)
@@ -166,7 +193,13 @@ class _WorkerGroup:
         return results
 
     def close(self) -> None:
-        """Tell workers to exit, wait briefly, then terminate/kill stragglers; destroy rank 0's process group."""
+        """Tell workers to exit and tear the process group down on every rank at once, then reap the workers.
+
+        The teardown is concurrent (rank 0 destroys its group while the workers destroy theirs): with CUDA
+        graphs that captured NCCL collectives, destroying one rank's communicator waits for its peers, so
+        destroying it only after the workers were gone hung (2xH200). A teardown that still hangs (a dead
+        peer) is aborted after DESTROY_TIMEOUT_S.
+        """
         if self.closed:
             return
         self.closed = True
@@ -176,6 +209,13 @@ class _WorkerGroup:
                 self.channel.send_exit()
             except Exception:
                 pass
+        if self.release is not None:
+            try:
+                self.release()
+            except Exception:  # a broken device: the teardown below still has to run
+                pass
+        if self.pg_ours and dist.is_initialized():
+            _destroy_group(self.procs)
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         for p in self.procs:
             p.join(max(0.0, deadline - time.monotonic()))
@@ -183,11 +223,6 @@ class _WorkerGroup:
             if p.is_alive():
                 p.kill()
                 p.join(1.0)
-        if self.pg_ours and dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception:  # a broken group (dead peer) may refuse a clean teardown; it is gone either way
-                pass
         self.channel.close()
         for c in self.conns:
             c.close()
@@ -235,6 +270,7 @@ class TPModelRunner:
                                     timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
             self.group.pg_ours = True
             self.runner = ModelRunner(config)
+            self.group.release = self.runner.release_cuda_graphs
             blocks = self.group.wait_for("ready", STARTUP_TIMEOUT_S)
         except Exception as exc:
             reason = None if isinstance(exc, (EngineDeadError, ValueError)) else self.group.death_reason(wait_s=2.0)

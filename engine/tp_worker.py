@@ -6,6 +6,7 @@ Ctrl+C (rank 0 decides when the group stops), and reports any error to rank 0 ov
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import os
 import signal
 import threading
@@ -46,10 +47,11 @@ def worker_main(config, rank: int, world_size: int, backend: str, store_port: in
                 conn, parent_pid: int, timeout_s: float, num_threads: int) -> None:
     """Entry point of a spawned worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps a stuck worker's stacks
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     code = 0
-    channel = None
+    channel = runner = None
     try:
         import torch
         import torch.distributed as dist
@@ -89,7 +91,9 @@ def worker_main(config, rank: int, world_size: int, backend: str, store_port: in
         try:
             import torch.distributed as dist
 
-            if dist.is_initialized():
+            if runner is not None and code == 0:
+                runner.release_cuda_graphs()
+            if dist.is_initialized() and code == 0:  # rank 0 tears down at the same time (see _WorkerGroup.close)
                 dist.destroy_process_group()
         except Exception:  # the group may already be broken by a dead peer; we are leaving anyway
             pass

@@ -12,7 +12,8 @@ MIN_SPLIT_TOKENS = 256  # below this a split's fixed cost (q load, partial write
 MAX_SPLITS = 32
 
 
-@triton.jit
+# The block-table width varies step to step in eager mode: specialising on it would recompile mid-run.
+@triton.jit(do_not_specialize=["stride_tb"])
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, mid_o_ptr, mid_lse_ptr,
     context_lens_ptr, block_tables_ptr,

@@ -53,7 +53,8 @@ def _attend_tiles(acc, l_i, m_i, q, q_pos, k_cache_ptr, v_cache_ptr, table_row, 
     return acc, l_i, m_i
 
 
-@triton.jit
+# The block-table width varies step to step in eager mode: specialising on it would recompile mid-run.
+@triton.jit(do_not_specialize=["stride_tb"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
     cu_seqlens_ptr, context_lens_ptr, block_tables_ptr,

@@ -47,8 +47,7 @@ def reference(qwen3_06b_dir) -> list[list[int]]:
     return _generate(qwen3_06b_dir, 1, enforce_eager=True)
 
 
-# TP runs eager on CUDA for now (decode graphs under TP hung on 2×H200; see ModelRunner._capture_cuda_graphs).
-@pytest.mark.parametrize("enforce_eager", [True], ids=["eager"])
+@pytest.mark.parametrize("enforce_eager", [True, False], ids=["eager", "graphs"])
 @pytest.mark.parametrize("tp", [2, 4])
 def test_tp_matches_tp1_fp32(qwen3_06b_dir, reference, tp: int, enforce_eager: bool) -> None:
     if torch.cuda.device_count() < tp:
