@@ -15,6 +15,8 @@ from engine.input_builder import DeviceBuffers, Layout
 from kernels.metadata import AttentionMetadata
 
 GRAPH_BACKENDS = ("triton", "flash-attn")  # the torch reference reads lengths on the host: not capturable
+MIXED_GRAPH_BACKENDS = ("triton",)  # kernels with shape-only grids for prefill and mixed batches
+MIXED_TOKEN_STEPS = (256, 512, 1024, 2048, 3072, 4096, 5120, 6144, 7168, 8192)
 
 
 def batch_buckets(max_num_seqs: int) -> list[int]:
@@ -26,6 +28,11 @@ def batch_buckets(max_num_seqs: int) -> list[int]:
     return sizes + [max_num_seqs]
 
 
+def token_buckets(max_num_batched_tokens: int) -> list[int]:
+    """Token counts of the mixed-batch graphs: MIXED_TOKEN_STEPS below the budget, then the budget itself."""
+    return [t for t in MIXED_TOKEN_STEPS if t < max_num_batched_tokens] + [max_num_batched_tokens]
+
+
 def graph_width(max_model_len: int, block_size: int) -> int:
     """Block-table columns for any sequence up to max_model_len tokens (one spare for a lookahead block)."""
     return -(-max_model_len // block_size) + 1
@@ -35,20 +42,38 @@ class CUDAGraphRunner:
     """Captures model(input_ids, positions, meta) -> hidden for each bucket; replay returns the bucket's hidden."""
 
     def __init__(self, forward: Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor],
-                 device: torch.device, max_num_seqs: int, max_model_len: int, block_size: int):
+                 device: torch.device, max_num_seqs: int, max_model_len: int, block_size: int,
+                 max_num_batched_tokens: int = 0):
         self.forward = forward
         self.buckets = batch_buckets(max_num_seqs)
+        self.rows = max_num_seqs  # every mixed graph has this many rows (padded)
+        # Mixed (prefill + decode) graphs, one per token bucket; none when max_num_batched_tokens is 0.
+        self.token_buckets = token_buckets(max_num_batched_tokens) if max_num_batched_tokens else []
         self.width = graph_width(max_model_len, block_size)
         self.max_model_len = max_model_len
-        biggest = self.layout(self.buckets[-1])
-        self.buffers = DeviceBuffers(device, biggest.size64, biggest.size32, biggest.sizef)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        layouts = [self.layout(self.buckets[-1])] + [self.mixed_layout(t) for t in self.token_buckets]
+        self.buffers = DeviceBuffers(device, max(x.size64 for x in layouts), max(x.size32 for x in layouts),
+                                     max(x.sizef for x in layouts))
+        self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[str, int], torch.Tensor] = {}
         self.num_replays = 0
 
     def layout(self, bucket: int) -> Layout:
         """The fixed layout of a bucket: bucket rows, one token each, every row a sampled row."""
         return Layout(rows=bucket, tokens=bucket, width=self.width, samples=bucket)
+
+    def mixed_layout(self, tokens: int, samples: int | None = None) -> Layout:
+        """The fixed layout of a mixed graph: all rows, `tokens` query tokens (samples only move sampling fields)."""
+        return Layout(rows=self.rows, tokens=tokens, width=self.width, samples=self.rows if samples is None else samples)
+
+    def mixed_bucket_for(self, num_tokens: int, num_seqs: int, max_blocks: int) -> int | None:
+        """Smallest token bucket that holds a prefill / mixed batch, or None (run eagerly)."""
+        if max_blocks > self.width or num_seqs > self.rows:
+            return None
+        for t in self.token_buckets:
+            if t >= num_tokens:
+                return t
+        return None
 
     def bucket_for(self, num_seqs: int, max_blocks: int) -> int | None:
         """Smallest bucket that holds the batch, or None (run eagerly)."""
@@ -67,14 +92,28 @@ class CUDAGraphRunner:
                                  max_seqlen_k=self.max_model_len, is_decode=True)
         return v["input_ids"], v["positions"], meta
 
+    def mixed_meta(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """input_ids, positions and mixed-batch metadata (shape-fixed grids) as views of the static buffers."""
+        v = self.mixed_layout(tokens).views(self.buffers.b64, self.buffers.b32, self.buffers.bf)
+        meta = AttentionMetadata(slot_mapping=v["slot_mapping"], context_lens=v["context_lens"],
+                                 block_tables=v["block_tables"], cu_seqlens_q=v["cu_seqlens_q"], max_seqlen_q=tokens,
+                                 max_seqlen_k=self.max_model_len, is_decode=False, graph_rows=self.rows,
+                                 num_decode_dev=v["num_decode"])
+        return v["input_ids"], v["positions"], meta
+
+    def key_meta(self, key: tuple[str, int]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        kind, size = key
+        return self.mixed_meta(size) if kind == "mixed" else self.meta(size)
+
     @torch.inference_mode()
     def capture(self) -> None:
-        """Capture every bucket, largest first so smaller graphs reuse its memory pool."""
+        """Capture every graph, largest first (mixed, then decode) so smaller graphs reuse its memory pool."""
         b64, b32 = self.buffers.b64, self.buffers.b32
         pool = None
-        for bucket in reversed(self.buckets):
-            ids, positions, meta = self.meta(bucket)
-            # Inert inputs: nothing is written to the KV cache while capturing.
+        keys = [("mixed", t) for t in reversed(self.token_buckets)] + [("decode", b) for b in reversed(self.buckets)]
+        for key in keys:
+            ids, positions, meta = self.key_meta(key)
+            # Inert inputs: nothing is written to the KV cache, no row has a query.
             b64.zero_()
             b32.zero_()
             meta.slot_mapping.fill_(-1)
@@ -82,14 +121,16 @@ class CUDAGraphRunner:
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool):
-                self.outputs[bucket] = self.forward(ids, positions, meta)
+                self.outputs[key] = self.forward(ids, positions, meta)
             if pool is None:
                 pool = graph.pool()
-            self.graphs[bucket] = graph
+            self.graphs[key] = graph
         torch.cuda.synchronize()
 
-    def replay(self, bucket: int) -> torch.Tensor:
-        """Run the bucket's graph on whatever the static buffers hold now; hidden states [bucket, H]."""
-        self.graphs[bucket].replay()
+    def replay(self, bucket: int, mixed_tokens: int = 0) -> torch.Tensor:
+        """Run a graph on whatever the static buffers hold now: the decode graph of `bucket` rows, or the
+        mixed graph of `mixed_tokens` tokens; returns its hidden states [rows or tokens, H]."""
+        key = ("mixed", mixed_tokens) if mixed_tokens else ("decode", bucket)
+        self.graphs[key].replay()
         self.num_replays += 1
-        return self.outputs[bucket]
+        return self.outputs[key]

@@ -33,6 +33,10 @@ class GraphLayouts(Protocol):
 
     def bucket_for(self, num_seqs: int, max_blocks: int) -> int | None: ...
 
+    def mixed_bucket_for(self, num_tokens: int, num_seqs: int, max_blocks: int) -> int | None: ...
+
+    def mixed_layout(self, tokens: int, samples: int) -> Layout: ...
+
 
 _ALIGN_BYTES = 16  # Triton specialises pointer arguments on 16-byte alignment: keep every view aligned
 
@@ -57,8 +61,9 @@ class Layout:
 
     def _fields(self) -> tuple[tuple[tuple[str, int], ...], ...]:
         t, r, s, w = self.tokens, self.rows, self.samples, self.width
+        # Fields a CUDA graph reads come first, so their offsets do not depend on the number of samples.
         return ((("input_ids", t), ("positions", t), ("slot_mapping", t), ("cu_seqlens_q", r + 1),
-                 ("sample_rows", s), ("top_ks", s)),
+                 ("num_decode", 1), ("sample_rows", s), ("top_ks", s)),
                 (("context_lens", r), ("block_tables", r * w)),
                 (("temperatures", s), ("top_ps", s)))
 
@@ -118,6 +123,9 @@ class BuiltInputs:
     tensors: dict[str, torch.Tensor]
     layout: Layout
     graph_bucket: int  # > 0: the inputs sit in the graphs' static buffers, padded to this many rows
+    graph_tokens: int  # > 0: a mixed batch in the graphs' buffers, padded to this many tokens
+    num_decode_rows: int  # leading rows with one query each
+    num_samples: int
     num_rows: int  # real sequences (rows past it are padding)
     max_seqlen_q: int
     max_seqlen_k: int
@@ -193,12 +201,22 @@ class InputBuilder:
         all_done = bool(done.all())
         samplers = seqs if all_done else [s for s, d in zip(seqs, done.tolist()) if d]
         max_blocks = int(lens.max())
-        bucket = graphs.bucket_for(b, max_blocks) if graphs is not None and num_tokens == b else None
-        target = graphs.buffers if bucket else None
-        rows = bucket or b
-        tokens = num_tokens if bucket is None else rows  # graphs are decode-only: one token per row
-        w = graphs.width if bucket else max_blocks
-        layout = Layout(rows, tokens, w, len(samplers))
+        is_decode = num_tokens == b
+        num_decode = b if is_decode else int(np.argmax(ns != 1))  # the runner puts one-query rows first
+        bucket = mixed = None
+        if graphs is not None:
+            if is_decode:
+                bucket = graphs.bucket_for(b, max_blocks)
+            else:
+                mixed = graphs.mixed_bucket_for(num_tokens, b, max_blocks)
+        target = graphs.buffers if bucket or mixed else None
+        if mixed:
+            layout = graphs.mixed_layout(mixed, len(samplers))
+        elif bucket:
+            layout = Layout(bucket, bucket, graphs.width, len(samplers))  # decode graphs: one token per row
+        else:
+            layout = Layout(b, num_tokens, max_blocks, len(samplers))
+        rows, tokens, w = layout.rows, layout.tokens, layout.width
         if self._copied is not None:
             self._copied.synchronize()  # usually long done: every sampled step already waited for its tokens
         h64, h32, hf = self._host_buffers(layout)
@@ -226,11 +244,13 @@ class InputBuilder:
         a["positions"][:num_tokens] = pos
         a["slot_mapping"][:num_tokens] = tbl[row, pos // bs].astype(np.int64) * bs + pos % bs
         a["context_lens"][:b] = ends
-        # 2. Padded rows (CUDA graphs): slot -1 writes nothing, context 0 reads nothing.
+        a["num_decode"][0] = num_decode
+        # 2. Padded rows and tokens (CUDA graphs): slot -1 writes nothing, context 0 reads nothing.
+        if tokens > num_tokens:
+            a["input_ids"][num_tokens:] = 0
+            a["positions"][num_tokens:] = 0
+            a["slot_mapping"][num_tokens:] = -1
         if rows > b:
-            a["input_ids"][b:] = 0
-            a["positions"][b:] = 0
-            a["slot_mapping"][b:] = -1
             a["context_lens"][b:] = 0
         # 3. Sampling rows and parameters; greediness is decided here, on the host.
         a["sample_rows"][:] = cu[1:b + 1][done] - 1
@@ -260,7 +280,8 @@ class InputBuilder:
             self._copied = torch.cuda.Event()
             self._copied.record()
         return BuiltInputs(
-            tensors=self._device_views(layout, dev), layout=layout, graph_bucket=bucket or 0, num_rows=b,
-            max_seqlen_q=int(ns.max()), max_seqlen_k=int(ends.max()), is_decode=num_tokens == b,
+            tensors=self._device_views(layout, dev), layout=layout, graph_bucket=bucket or 0,
+            graph_tokens=mixed or 0, num_decode_rows=num_decode, num_samples=len(samplers), num_rows=b,
+            max_seqlen_q=int(ns.max()), max_seqlen_k=int(ends.max()), is_decode=is_decode,
             all_greedy=not temps.any(), use_top_k=bool((top_ks != -1).any()),
             use_top_p=bool((top_ps < 1).any()), samplers=samplers)

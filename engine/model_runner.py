@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from engine.config import Config
-from engine.cuda_graph import GRAPH_BACKENDS, CUDAGraphRunner
+from engine.cuda_graph import GRAPH_BACKENDS, MIXED_GRAPH_BACKENDS, CUDAGraphRunner
 from engine.input_builder import InputBuilder
 from engine.loader import load_model
 from engine.sampling_params import SamplingParams
@@ -37,6 +37,7 @@ class StepInputs:
     generators: list[torch.Generator | None] | None = None
     all_greedy: bool = False  # decided on the host, so sampling needs no device read
     graph_bucket: int = 0  # > 0: inputs sit in that CUDA graph's static buffers; replay it
+    graph_tokens: int = 0  # > 0: a mixed batch in the mixed graph of this many tokens; replay it
     num_rows: int = 0  # real rows (a graph bucket pads past them)
 
 
@@ -98,7 +99,9 @@ class ModelRunner:
         cfg = self.config
         if cfg.enforce_eager or self.device.type != "cuda" or self.backend.name not in GRAPH_BACKENDS:
             return None
-        graphs = CUDAGraphRunner(self.model, self.device, cfg.max_num_seqs, cfg.max_model_len, self.block_size)
+        mixed_tokens = cfg.max_num_batched_tokens if self.backend.name in MIXED_GRAPH_BACKENDS else 0
+        graphs = CUDAGraphRunner(self.model, self.device, cfg.max_num_seqs, cfg.max_model_len, self.block_size,
+                                 mixed_tokens)
         graphs.capture()
         return graphs
 
@@ -218,7 +221,9 @@ class ModelRunner:
         meta = AttentionMetadata(
             slot_mapping=t["slot_mapping"], context_lens=t["context_lens"], block_tables=t["block_tables"],
             cu_seqlens_q=t["cu_seqlens_q"], max_seqlen_q=b.max_seqlen_q, max_seqlen_k=b.max_seqlen_k,
-            is_decode=b.is_decode,
+            is_decode=b.is_decode, num_decode_rows=b.num_decode_rows,
+            graph_rows=b.layout.rows if b.graph_tokens else 0,
+            num_decode_dev=t["num_decode"] if b.graph_tokens else None,
         )
         gens = [s.generator for s in b.samplers]
         return StepInputs(
@@ -226,14 +231,14 @@ class ModelRunner:
             temperatures=t["temperatures"], top_ks=t["top_ks"] if b.use_top_k else None,
             top_ps=t["top_ps"] if b.use_top_p else None,
             generators=gens if any(g is not None for g in gens) else None,
-            all_greedy=b.all_greedy, graph_bucket=b.graph_bucket, num_rows=b.num_rows,
+            all_greedy=b.all_greedy, graph_bucket=b.graph_bucket, graph_tokens=b.graph_tokens, num_rows=b.num_rows,
         )
 
     @torch.inference_mode()
     def execute(self, inputs: StepInputs) -> torch.Tensor | None:
         """The forward on every rank: hidden states, then logits of the rows to sample (None if none)."""
-        if inputs.graph_bucket:
-            hidden = self.cuda_graphs.replay(inputs.graph_bucket)
+        if inputs.graph_bucket or inputs.graph_tokens:
+            hidden = self.cuda_graphs.replay(inputs.graph_bucket, inputs.graph_tokens)
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
         num_samples = inputs.sample_rows.numel()
@@ -257,6 +262,11 @@ class ModelRunner:
 
     def run(self, items: list[tuple[Sequence, int]]) -> list[int | None]:
         """One step: a sampled token for each item whose tokens are now all computed, else None."""
+        ordered = _decodes_first(items)
+        if ordered is not items:
+            tokens = ModelRunner.run(self, ordered)
+            by_seq = {id(seq): tok for (seq, _), tok in zip(ordered, tokens)}
+            return [by_seq[id(seq)] for seq, _ in items]
         inputs = self.prepare(items)
         logits = self.execute(inputs)
         sampled = self.sample(logits, inputs) if logits is not None else []
@@ -264,6 +274,18 @@ class ModelRunner:
             return sampled
         tokens = iter(sampled)
         return [next(tokens) if seq.num_computed_tokens + n == seq.num_tokens else None for seq, n in items]
+
+
+def _decodes_first(items: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int]]:
+    """The items with one-query rows moved to the front (stable), or `items` itself if they already are:
+    attention backends send those leading rows of a mixed batch to their decode kernel."""
+    seen_multi = False
+    for _, n in items:
+        if n != 1:
+            seen_multi = True
+        elif seen_multi:
+            return [it for it in items if it[1] == 1] + [it for it in items if it[1] != 1]
+    return items
 
 
 def _first_line(exc: BaseException) -> str:

@@ -36,7 +36,12 @@ def init_group(backend: str, store_port: int, rank: int, world_size: int, timeou
 
 def _into_graph_buffers(runner, inputs) -> None:
     """A CUDA-graph step replays this rank's own captured graph, so the inputs must sit in its static buffers."""
-    ids, positions, meta = runner.cuda_graphs.meta(inputs.graph_bucket)
+    graphs = runner.cuda_graphs
+    if inputs.graph_tokens:
+        ids, positions, meta = graphs.mixed_meta(inputs.graph_tokens)
+        meta.num_decode_dev.copy_(inputs.meta.num_decode_dev)
+    else:
+        ids, positions, meta = graphs.meta(inputs.graph_bucket)
     ids.copy_(inputs.input_ids)
     positions.copy_(inputs.positions)
     for name in ("slot_mapping", "context_lens", "block_tables", "cu_seqlens_q"):
@@ -75,7 +80,7 @@ def worker_main(config, rank: int, world_size: int, backend: str, store_port: in
                 continue
             if isinstance(inputs, str) and inputs == EXIT:
                 break
-            if inputs.graph_bucket and runner.cuda_graphs is not None:
+            if (inputs.graph_bucket or inputs.graph_tokens) and runner.cuda_graphs is not None:
                 _into_graph_buffers(runner, inputs)
             runner.execute(inputs)
             channel.report_memory(rank, runner.memory_bytes())

@@ -22,6 +22,22 @@ class TritonBackend:
                 meta: AttentionMetadata, scale: float) -> torch.Tensor:
         if meta.is_decode:
             return paged_decode_attention(q, k_cache, v_cache, meta.context_lens, meta.block_tables, scale)
-        assert meta.cu_seqlens_q is not None, "prefill metadata needs cu_seqlens_q"
-        return paged_prefill_attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.context_lens,
-                                       meta.block_tables, scale, meta.max_seqlen_q)
+        if meta.cu_seqlens_q is None:
+            raise ValueError("prefill metadata needs cu_seqlens_q")
+        # Mixed batches: decode rows (first) go to the decode kernel, which reads each context once per
+        # GQA group; in the prefill kernel a one-query row would waste a whole query tile per head.
+        out = torch.empty_like(q)
+        if meta.graph_rows:
+            paged_decode_attention(q, k_cache, v_cache, meta.context_lens, meta.block_tables, scale, num_splits=1,
+                                   out=out, row_limit=meta.num_decode_dev)
+            return paged_prefill_attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.context_lens,
+                                           meta.block_tables, scale, meta.max_seqlen_q, out=out,
+                                           first_row=meta.num_decode_dev)
+        d = meta.num_decode_rows
+        if d:
+            paged_decode_attention(q[:d], k_cache, v_cache, meta.context_lens[:d], meta.block_tables[:d], scale,
+                                   num_splits=1, out=out[:d])
+        if d < meta.context_lens.shape[0]:
+            paged_prefill_attention(q, k_cache, v_cache, meta.cu_seqlens_q[d:], meta.context_lens[d:],
+                                    meta.block_tables[d:], scale, meta.max_seqlen_q, out=out)
+        return out

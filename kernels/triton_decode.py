@@ -16,12 +16,12 @@ MAX_SPLITS = 32
 @triton.jit(do_not_specialize=["stride_tb"])
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, mid_o_ptr, mid_lse_ptr,
-    context_lens_ptr, block_tables_ptr,
+    context_lens_ptr, block_tables_ptr, row_limit_ptr,
     qk_scale,
     stride_qb, stride_qh, stride_ob, stride_oh,
     stride_cb, stride_co, stride_ch, stride_tb,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, LIMIT_ROWS: tl.constexpr,
 ):
     """One program per (sequence, kv head, split): the whole GQA group attends to one slice of the context.
 
@@ -31,6 +31,9 @@ def _decode_split_kernel(
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    if LIMIT_ROWS:  # a mixed-batch CUDA graph: only the first *row_limit_ptr rows are decodes
+        if seq >= tl.load(row_limit_ptr):
+            return
     context_len = tl.load(context_lens_ptr + seq)
     per_split = tl.cdiv(tl.cdiv(context_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
     lo = split * per_split
@@ -86,12 +89,15 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_reduce_kernel(
-    mid_o_ptr, mid_lse_ptr, out_ptr, stride_ob, stride_oh,
-    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    mid_o_ptr, mid_lse_ptr, out_ptr, row_limit_ptr, stride_ob, stride_oh,
+    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, LIMIT_ROWS: tl.constexpr,
 ):
     """One program per (sequence, query head): combine the splits' partial outputs by their log-sum-exp."""
     seq = tl.program_id(0)
     head = tl.program_id(1)
+    if LIMIT_ROWS:
+        if seq >= tl.load(row_limit_ptr):
+            return
     row = seq.to(tl.int64) * tl.num_programs(1) + head
     s = tl.arange(0, SPLITS_PAD)
     dims = tl.arange(0, HEAD_DIM)
@@ -132,9 +138,15 @@ def _config(q: torch.Tensor, head_dim: int, block_size: int) -> tuple[int, int, 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            context_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
-                           num_splits: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """One query per sequence, q [B, Hq, D], over context_lens[b] cached tokens; no host syncs."""
+                           num_splits: int | None = None, out: torch.Tensor | None = None,
+                           row_limit: torch.Tensor | None = None) -> torch.Tensor:
+    """One query per sequence, q [B, Hq, D], over context_lens[b] cached tokens; no host syncs.
+
+    row_limit (a device scalar): only rows below it are decodes; the rest are skipped, their output
+    rows untouched (a mixed batch's CUDA graph, where that count changes from replay to replay).
+    """
     batch, num_heads, head_dim = q.shape
+    batch = min(batch, context_lens.shape[0])
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     assert num_heads % num_kv_heads == 0 and k_cache.shape[3] == head_dim
     assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, "head_dim must be a power of two >= 16"
@@ -156,17 +168,19 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         mid_o = mid_lse = out  # unused: the split kernel writes the output directly
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, out, mid_o, mid_lse, context_lens, block_tables,
+        context_lens if row_limit is None else row_limit,
         scale * LOG2E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size,
         HEAD_DIM=head_dim, BLOCK_N=block_n, NUM_SPLITS=num_splits,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", LIMIT_ROWS=row_limit is not None,
         num_warps=num_warps, num_stages=num_stages,
     )
     if num_splits > 1:
         _decode_reduce_kernel[(batch, num_heads)](
-            mid_o, mid_lse, out, out.stride(0), out.stride(1),
+            mid_o, mid_lse, out, context_lens if row_limit is None else row_limit, out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, NUM_SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits),
+            LIMIT_ROWS=row_limit is not None,
         )
     return out

@@ -54,20 +54,40 @@ def _attend_tiles(acc, l_i, m_i, q, q_pos, k_cache_ptr, v_cache_ptr, table_row, 
 
 
 # The block-table width varies step to step in eager mode: specialising on it would recompile mid-run.
-@triton.jit(do_not_specialize=["stride_tb"])
+@triton.jit(do_not_specialize=["stride_tb", "num_rows"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
-    cu_seqlens_ptr, context_lens_ptr, block_tables_ptr,
+    cu_seqlens_ptr, context_lens_ptr, block_tables_ptr, first_row_ptr, num_rows,
     qk_scale,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_cb, stride_co, stride_ch, stride_tb,
     GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    TILE_SEARCH: tl.constexpr, ROWS_PAD: tl.constexpr,
 ):
-    """One program per (query head, sequence, query tile); tiles are launched heaviest (last) first."""
+    """One program per (query head, sequence, query tile); tiles are launched heaviest (last) first.
+
+    TILE_SEARCH (a mixed batch's CUDA graph, where the grid cannot follow the batch): the grid is
+    (heads, enough tiles for any batch of this token count); each program finds its own (sequence,
+    tile) from cu_seqlens, counting only rows from *first_row_ptr on (rows before it are decodes,
+    done by the decode kernel), and programs past the last tile return at once.
+    """
     head = tl.program_id(0)
-    seq = tl.program_id(1)
-    tile = tl.num_programs(2) - 1 - tl.program_id(2)
+    if TILE_SEARCH:
+        t = tl.program_id(1)
+        r = tl.arange(0, ROWS_PAD)
+        r_ok = (r >= tl.load(first_row_ptr)) & (r < num_rows)
+        lens = tl.load(cu_seqlens_ptr + r + 1, mask=r_ok, other=0) - tl.load(cu_seqlens_ptr + r, mask=r_ok, other=0)
+        ntiles = (lens + BLOCK_M - 1) // BLOCK_M
+        cum = tl.cumsum(ntiles, 0)
+        if t >= tl.sum(ntiles, 0):
+            return
+        seq = tl.sum((cum <= t).to(tl.int32), 0)
+        mine = r == seq
+        tile = tl.sum(tl.where(mine, cum, 0), 0) - 1 - t  # heaviest (last) tile of a row first
+    else:
+        seq = tl.program_id(1)
+        tile = tl.num_programs(2) - 1 - tl.program_id(2)
     q_start = tl.load(cu_seqlens_ptr + seq)
     q_len = tl.load(cu_seqlens_ptr + seq + 1) - q_start
     m0 = tile * BLOCK_M
@@ -117,8 +137,12 @@ def _config(q: torch.Tensor, head_dim: int, block_size: int) -> tuple[int, int, 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor,
                             block_tables: torch.Tensor, scale: float, max_seqlen_q: int,
-                            out: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal attention for variable-length queries [Nq, Hq, D] over paged keys (see torch_ref)."""
+                            out: torch.Tensor | None = None, first_row: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention for variable-length queries [Nq, Hq, D] over paged keys (see torch_ref).
+
+    first_row (a device scalar; CUDA graphs of mixed batches): rows before it are skipped (decodes), and
+    the grid depends only on the shapes (tokens, rows), not on max_seqlen_q.
+    """
     num_tokens, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     assert num_heads % num_kv_heads == 0 and k_cache.shape[3] == head_dim
@@ -130,15 +154,21 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     if num_tokens == 0 or batch == 0:
         return out
     block_m, block_n, num_warps, num_stages = _config(q, head_dim, block_size)
-    grid = (num_heads, batch, triton.cdiv(max_seqlen_q, block_m))
+    search = first_row is not None
+    if search:  # any split of num_tokens queries over batch rows fits in this many tiles
+        grid = (num_heads, triton.cdiv(num_tokens, block_m) + batch)
+    else:
+        grid = (num_heads, batch, triton.cdiv(max_seqlen_q, block_m))
     _prefill_kernel[grid](
         q, k_cache, v_cache, out, cu_seqlens_q, context_lens, block_tables,
+        first_row if search else cu_seqlens_q, batch,
         scale * LOG2E,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
         BLOCK_M=block_m, BLOCK_N=block_n,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        TILE_SEARCH=search, ROWS_PAD=max(16, triton.next_power_of_2(batch + 1)) if search else 1,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

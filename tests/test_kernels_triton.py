@@ -173,3 +173,60 @@ def test_backend_matches_torch_backend(gen) -> None:
     q = torch.randn(2, 4, head_dim, generator=gen)
     ref = torch_backend.forward(q, kc, vc, meta, 0.1)
     assert rel_err(triton_backend.forward(q, kc, vc, meta, 0.1), ref) < 1e-5
+
+
+def _mixed_items(rng, num_decode: int, num_prefill: int, block_size: int, num_blocks: int):
+    """Decode rows (one token, sampled) and prefill chunks (some after a cached prefix), shuffled."""
+    import random as _random
+
+    from engine.sampling_params import SamplingParams
+    from engine.sequence import Sequence
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    items = []
+    for i in range(num_decode + num_prefill):
+        total = rng.randint(2, 70)
+        seq = Sequence([rng.randrange(100) for _ in range(total)], SamplingParams(temperature=0))
+        n = 1 if i < num_decode else rng.randint(2, min(total, 20))
+        seq.num_computed_tokens = total - n
+        seq.block_table = [free.pop() for _ in range(-(-total // block_size))]
+        items.append((seq, n))
+    _random.Random(rng.random()).shuffle(items)
+    return items
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mixed_batch_in_graph_layout_matches_reference(seed: int) -> None:
+    """A prefill+decode batch written into a mixed CUDA graph's padded buffers (decode rows first, counts on
+    the device, shape-fixed grids) gives the torch reference's attention on every real token; so does the
+    eager mixed path (decode rows to the decode kernel, the rest to the prefill kernel)."""
+    import random
+
+    from engine.cuda_graph import CUDAGraphRunner
+    from engine.input_builder import InputBuilder
+    from engine.model_runner import _decodes_first
+    rng = random.Random(seed)
+    block_size, kv_heads, heads, head_dim, num_blocks = 16, 2, 4, 16, 64
+    items = _decodes_first(_mixed_items(rng, rng.randint(1, 4), rng.randint(1, 3), block_size, num_blocks))
+    num_tokens = sum(n for _, n in items)
+    graphs = CUDAGraphRunner(forward=None, device=torch.device("cpu"), max_num_seqs=10, max_model_len=80,
+                             block_size=block_size, max_num_batched_tokens=64)
+    built = InputBuilder(torch.device("cpu"), block_size).build(items, graphs)
+    assert built.graph_tokens == 64 and built.num_decode_rows == sum(n == 1 for _, n in items)
+    gen = torch.Generator().manual_seed(seed)
+    k_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen)
+    v_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen)
+    q = torch.randn(64, heads, head_dim, generator=gen)
+
+    _, _, graph_meta = graphs.mixed_meta(64)  # the views a captured graph reads
+    out_graph = TritonBackend().forward(q, k_cache, v_cache, graph_meta, 0.25)[:num_tokens]
+
+    eager = InputBuilder(torch.device("cpu"), block_size).build(items)
+    t = eager.tensors
+    meta = AttentionMetadata(slot_mapping=t["slot_mapping"], context_lens=t["context_lens"],
+                             block_tables=t["block_tables"], cu_seqlens_q=t["cu_seqlens_q"],
+                             max_seqlen_q=eager.max_seqlen_q, max_seqlen_k=eager.max_seqlen_k,
+                             num_decode_rows=eager.num_decode_rows)
+    ref = TorchBackend().forward(q[:num_tokens].double(), k_cache.double(), v_cache.double(), meta, 0.25)
+    assert rel_err(out_graph, ref) < 1e-5
+    assert rel_err(TritonBackend().forward(q[:num_tokens], k_cache, v_cache, meta, 0.25), ref) < 1e-5
