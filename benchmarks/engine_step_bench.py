@@ -1,7 +1,9 @@
 """Engine decode-step benchmark: ms per step with and without CUDA graphs, and the host (CPU) time inside each step.
 
 Prints one table row per (batch, mode). Columns:
-  mode        graphs / eager (enforce_eager); -nocompile: RMSNorm, SiLU-and-mul, rotary not torch.compile'd
+  mode        graphs / eager (enforce_eager); -nocompile: RMSNorm, SiLU-and-mul, rotary not torch.compile'd;
+              -async: pipelined decoding (the next step launches before this one's tokens are read back), so
+              only step ms (mean over consecutive steps) is measured; other modes run synchronously
   step ms     median wall time of LLMEngine.step() for a pure decode batch (includes waiting for the GPU)
   gpu ms      median time the host sat blocked waiting for the forward (a synchronize before sampling)
   host us     step ms - gpu ms: scheduler, input preparation, kernel/graph launches, sampling, output bookkeeping
@@ -38,7 +40,7 @@ def instrument(engine: LLMEngine, device: str) -> dict[str, list[float]]:
     """Time the runner's phases by wrapping its bound methods on this instance only (no production code changes)."""
     runner = engine.model_runner
     times: dict[str, list[float]] = {"prepare": [], "execute": [], "wait": [], "sample": []}
-    prepare, execute, sample = runner.prepare, runner.execute, runner.sample
+    prepare, execute, sample = runner.prepare, runner.execute, runner.sample_device
 
     def timed_prepare(items):
         t = time.perf_counter()
@@ -57,11 +59,12 @@ def instrument(engine: LLMEngine, device: str) -> dict[str, list[float]]:
         _sync(device)  # the forward's GPU time, seen from the host
         t1 = time.perf_counter()
         out = sample(logits, inputs)
+        _sync(device)
         times["wait"].append(t1 - t)
         times["sample"].append(time.perf_counter() - t1)
         return out
 
-    runner.prepare, runner.execute, runner.sample = timed_prepare, timed_execute, timed_sample
+    runner.prepare, runner.execute, runner.sample_device = timed_prepare, timed_execute, timed_sample
     return times
 
 
@@ -79,6 +82,23 @@ def bench_batch(engine: LLMEngine, batch: int, prompt_len: int, steps: int, warm
             if out.error:
                 print(getattr(engine, "last_traceback", ""))
                 raise RuntimeError(f"request {out.request_id} failed: {out.error}")
+    if engine.config.async_scheduling:  # pipelined: no per-step syncs or wrappers; wall time per step only
+        for _ in range(warmup):
+            engine.step()
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+            last = engine.last_step
+            assert last.num_decode_tokens == batch and last.num_prefill_tokens == 0, f"not a pure decode step: {last}"
+        _sync(device)
+        wall = (time.perf_counter() - t) / steps
+        for seq in seqs:
+            engine.abort_request(seq.request_id)
+        while engine.has_unfinished_requests():
+            engine.step()
+        nan = float("nan")
+        return dict(step_ms=wall * 1e3, gpu_ms=nan, host_us=nan, prepare_us=nan, runner_us=nan)
     times = instrument(engine, device)
     walls = []
     for i in range(warmup + steps):
@@ -96,7 +116,7 @@ def bench_batch(engine: LLMEngine, batch: int, prompt_len: int, steps: int, warm
         engine.abort_request(seq.request_id)
     while engine.has_unfinished_requests():
         engine.step()
-    del engine.model_runner.prepare, engine.model_runner.execute, engine.model_runner.sample
+    del engine.model_runner.prepare, engine.model_runner.execute, engine.model_runner.sample_device
     med = [statistics.median(col) for col in zip(*walls)]
     wall, prep, exe, wait, samp = med
     return dict(step_ms=wall * 1e3, gpu_ms=wait * 1e3, host_us=(wall - wait) * 1e6, prepare_us=prep * 1e6,
@@ -113,8 +133,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--block-size", type=int, default=256)
-    ap.add_argument("--modes", default="graphs,graphs-nocompile,eager,eager-nocompile",
-                    help="graphs / eager, each optionally -nocompile (small ops not torch.compile'd)")
+    ap.add_argument("--modes", default="graphs-async,graphs,eager",
+                    help="graphs / eager, each optionally -nocompile (small ops not torch.compile'd) and -async "
+                         "(pipelined decoding: only step ms, the mean over consecutive steps)")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer random Qwen3 (CPU smoke runs)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -128,7 +149,7 @@ def main() -> None:
         t = time.perf_counter()
         engine = LLMEngine(model, device=args.device, dtype=args.dtype, kvcache_block_size=args.block_size,
                            max_num_seqs=max(batches), max_model_len=2048, enforce_eager=mode.startswith("eager"),
-                           compile_small_ops=not mode.endswith("nocompile"), **kv)
+                           compile_small_ops="nocompile" not in mode, async_scheduling="async" in mode, **kv)
         init_s = time.perf_counter() - t
         runner = engine.model_runner
         print(f"[{mode}] init {init_s:.1f}s, backend {runner.backend.name}, KV blocks {runner.num_kvcache_blocks}, "

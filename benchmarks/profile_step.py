@@ -12,6 +12,7 @@ import tempfile
 import time
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.random_model import make_random_model
@@ -20,7 +21,9 @@ from engine.sampling_params import SamplingParams
 
 
 def _table(prof, key: str, n: int, steps: int) -> None:
-    rows = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    # Device time: kernels only (an aten op's own row repeats its kernels' time); host time: every op.
+    rows = [e for e in prof.key_averages() if getattr(e, key) > 0
+            and ("device" not in key or e.device_type == DeviceType.CUDA)]
     rows.sort(key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in rows)
     label = "device" if "device" in key else "host"
@@ -31,37 +34,34 @@ def _table(prof, key: str, n: int, steps: int) -> None:
 
 def _kernel_us(prof, steps: int) -> float:
     """Summed device time of kernels/memcpys (self time, so nothing is counted twice)."""
-    return sum(e.self_device_time_total for e in prof.key_averages()) / steps
+    return sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA) / steps
 
 
 def _profile(engine: LLMEngine, steps: int, label: str, check) -> None:
     torch.cuda.synchronize()
-    walls = []
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
         for _ in range(steps):
-            t = time.perf_counter()
             engine.step()
-            torch.cuda.synchronize()
-            walls.append(time.perf_counter() - t)
             check(engine.last_step)
-    walls.sort()
-    print(f"\n== {label}: {steps} steps, median wall {walls[len(walls) // 2] * 1e3:.3f} ms (under the profiler), "
-          f"kernel time {_kernel_us(prof, steps) / 1e3:.3f} ms per step")
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t) / steps * 1e6
+    kernels = _kernel_us(prof, steps)
+    print(f"\n== {label}: {steps} steps, wall {wall / 1e3:.3f} ms per step (under the profiler), kernel time "
+          f"{kernels / 1e3:.3f} ms per step, GPU idle {max(wall - kernels, 0):.0f} us per step")
     _table(prof, "self_device_time_total", 25, steps)
     _table(prof, "self_cpu_time_total", 25, steps)
 
 
 def _wall(engine: LLMEngine, steps: int, check) -> float:
-    walls = []
+    """Mean wall time per step over consecutive steps (no syncs in between: pipelined steps stay pipelined)."""
+    torch.cuda.synchronize()
+    t = time.perf_counter()
     for _ in range(steps):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
         engine.step()
-        torch.cuda.synchronize()
-        walls.append(time.perf_counter() - t)
         check(engine.last_step)
-    walls.sort()
-    return walls[len(walls) // 2]
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / steps
 
 
 def main() -> None:
@@ -72,10 +72,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--sync", action="store_true", help="no pipelined decoding (async_scheduling=False)")
     args = ap.parse_args()
     model = args.model or str(make_random_model(tempfile.mkdtemp(prefix="prof-qwen3-"), seed=0, device="cuda"))
     engine = LLMEngine(model, dtype="bf16", kvcache_block_size=256, max_num_seqs=args.batch, max_model_len=4096,
-                       enforce_eager=args.enforce_eager)
+                       enforce_eager=args.enforce_eager, async_scheduling=not args.sync)
     vocab = engine.config.hf_config.vocab_size
     gen = torch.Generator().manual_seed(0)
     sp = SamplingParams(temperature=args.temperature, max_tokens=1000, ignore_eos=True)
@@ -95,7 +96,8 @@ def main() -> None:
         engine.step()
     print(f"GPU {torch.cuda.get_device_name()}, batch {args.batch}, context ~{args.prompt_len}, "
           f"temperature {args.temperature}, graphs {engine.model_runner.cuda_graphs is not None}")
-    print(f"pure decode: median wall {_wall(engine, args.steps, is_decode) * 1e3:.3f} ms per step (no profiler)")
+    print(f"pure decode: wall {_wall(engine, args.steps, is_decode) * 1e3:.3f} ms per step (no profiler), "
+          f"pipelined {engine.config.async_scheduling}")
     _profile(engine, args.steps, "pure decode", is_decode)
 
     # Mixed steps: half the batch finishes, new prompts arrive and prefill beside the remaining decodes.
@@ -105,6 +107,7 @@ def main() -> None:
     engine.step()
     for _ in range(args.batch // 2):
         engine.add_request(prompt(), sp, detokenize=False)
+    engine.step()  # returns the decode step still in flight (pipelined), if any
 
     def is_mixed(s) -> None:
         assert s.num_prefill_tokens > 0, s

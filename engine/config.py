@@ -26,6 +26,9 @@ class Config:
     scheduling_policy: str = "mixed"
     enforce_eager: bool = False
     compile_small_ops: bool = True  # torch.compile RMSNorm / SiLU-and-mul / rotary on CUDA (CPU stays eager)
+    # Pipelined decoding: launch the next decode step before the current one's tokens are back. None = on
+    # for CUDA (the host's work then hides behind the GPU's), off on CPU (where a forward is synchronous).
+    async_scheduling: bool | None = None
     tensor_parallel_size: int = 1
     attention_backend: str = "auto"
     hf_config: Any = field(default=None, repr=False)

@@ -181,9 +181,14 @@ class InputBuilder:
                                       grow(layout.size32, old and old.b32), grow(layout.sizef, old and old.bf))
         return self._own
 
-    def build(self, items: list[tuple[Sequence, int]], graphs: GraphLayouts | None = None) -> BuiltInputs:
-        """Tensors for (sequence, num new tokens) pairs; a decode batch that a graph bucket holds is written
-        straight into the graphs' static buffers in that bucket's layout (BuiltInputs.graph_bucket > 0)."""
+    def build(self, items: list[tuple[Sequence, int]], graphs: GraphLayouts | None = None,
+              ahead: bool = False) -> BuiltInputs:
+        """Tensors for (sequence, num new tokens) pairs; a batch that a graph bucket holds is written
+        straight into the graphs' static buffers in that bucket's layout (graph_bucket / graph_tokens > 0).
+
+        ahead: a decode batch one token past each sequence's host state (its last token is still being
+        sampled on the device): positions and slots move one on, and the input ids are left to the caller.
+        """
         bs = self.block_size
         b = len(items)
         # Per-sequence scalars through C-level map/attrgetter loops: attribute reads dominate the host cost.
@@ -192,8 +197,8 @@ class InputBuilder:
         tokens_l = list(map(_token_ids, seqs))
         tables_l = list(map(_block_table, seqs))
         ns = np.array(list(map(_second, items)), dtype=np.int64)
-        starts = np.array(starts_l, dtype=np.int64)
-        totals = np.array(list(map(len, tokens_l)), dtype=np.int64)
+        starts = np.array(starts_l, dtype=np.int64) + ahead
+        totals = np.array(list(map(len, tokens_l)), dtype=np.int64) + ahead
         lens = np.array(list(map(len, tables_l)), dtype=np.int64)
         ends = starts + ns
         num_tokens = int(ns.sum())
@@ -230,7 +235,7 @@ class InputBuilder:
         if num_tokens == b:  # decode-shaped: one token per row, already read above
             row = np.arange(b)
             pos = starts
-            ids = np.array(list(map(getitem, tokens_l, starts_l)), dtype=np.int64)
+            ids = 0 if ahead else np.array(list(map(getitem, tokens_l, starts_l)), dtype=np.int64)
         else:
             row = np.repeat(np.arange(b), ns)
             pos = starts[row] + (np.arange(num_tokens) - cu[:b][row])

@@ -34,6 +34,8 @@ class LLMEngine:
         self.tokenizer = _load_tokenizer(config.model)
         config.eos_token_ids = _eos_ids(config.model, config.hf_config, self.tokenizer)
         self.model_runner = self._make_runner(config)
+        if config.async_scheduling is None:
+            config.async_scheduling = self.model_runner.device.type == "cuda"
         self.block_manager = BlockManager(self.model_runner.num_kvcache_blocks, config.kvcache_block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
@@ -46,6 +48,8 @@ class LLMEngine:
         self.num_chunked_prefills = 0
         self.collect_block_map = False
         self.last_step: StepStats | None = None
+        self._inflight: tuple | None = None  # a launched decode step not yet returned (pipelined decoding)
+        self._last_end = 0.0
 
     def _make_runner(self, config: Config):
         if config.tensor_parallel_size > 1:  # rank 0 runs here; ranks 1..N-1 are worker processes
@@ -126,7 +130,7 @@ class LLMEngine:
         return True
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_work() or bool(self._pending)
+        return self.scheduler.has_work() or bool(self._pending) or self._inflight is not None
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         seq.finish(reason, error)
@@ -143,7 +147,14 @@ class LLMEngine:
 
     # -- the step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Schedule, run one forward, sample, and return this step's output deltas."""
+        """Schedule, run one forward, sample, and return this step's output deltas.
+
+        Pipelined decoding (config.async_scheduling): a pure decode step is left running on the GPU and
+        returned by the next call, which first launches the step after it when the scheduler can already
+        tell what that is (Scheduler.schedule_ahead), so host work overlaps the GPU instead of idling it.
+        """
+        if self._inflight is not None:
+            return self._step_pipelined()
         start = time.monotonic()
         batch = self.scheduler.schedule()
         counts = self._classify(batch)
@@ -151,7 +162,11 @@ class LLMEngine:
         error = None
         if batch.items:
             try:
-                tokens = self.model_runner.run(batch.items)
+                pending = self.model_runner.launch(batch.items)
+                if self.config.async_scheduling and counts[1] == len(batch.items):  # pure decode: keep it going
+                    self._inflight = (batch, counts, start, pending)
+                    return outputs
+                tokens = self.model_runner.collect(pending)
             except EngineDeadError:  # the tensor-parallel group is gone: nothing can step any more
                 raise
             except Exception as exc:  # one failed forward fails its requests, not the engine
@@ -161,6 +176,41 @@ class LLMEngine:
             else:
                 outputs.extend(self._process(batch, tokens))
         self._record(batch, counts, start, outputs, error)
+        return outputs
+
+    def _step_pipelined(self) -> list[RequestOutput]:
+        """Launch the next decode step if it is certain, then finish the one in flight (see step())."""
+        batch, counts, start, pending = self._inflight
+        start = max(start, self._last_end)  # steps overlap: a step's duration is the time since the last ended
+        self._inflight = None
+        nxt = None
+        outputs, self._pending = self._pending, []
+        error = None
+        try:
+            ahead = self.scheduler.schedule_ahead(batch.items, self.config.max_model_len)
+            if ahead is not None:
+                items, keep = ahead
+                nxt_batch = ScheduledBatch(items)
+                nxt_counts = self._classify(nxt_batch)
+                nxt = (nxt_batch, nxt_counts, time.monotonic(), self.model_runner.launch(items, pending, keep))
+            tokens = self.model_runner.collect(pending)
+        except EngineDeadError:
+            raise
+        except Exception as exc:  # as in step(): the requests of both steps fail, the engine goes on
+            error = f"{type(exc).__name__}: {exc}"
+            self.last_traceback = traceback.format_exc()
+            live = [(seq, n) for seq, n in batch.items if not seq.is_finished]
+            outputs.extend(self._fail_batch(ScheduledBatch(live), error))
+            self._record(batch, counts, start, outputs, error)
+            return outputs
+        outputs.extend(self._process(batch, tokens))
+        self._record(batch, counts, start, outputs, error)
+        if nxt is not None:
+            bm = self.block_manager
+            for seq, _ in nxt[0].items:  # the next step's filled blocks can be hashed now that tokens are known
+                if not seq.is_finished:
+                    bm.commit_full_blocks(seq, seq.num_computed_tokens + 1)
+            self._inflight = nxt
         return outputs
 
     @staticmethod
@@ -180,7 +230,8 @@ class LLMEngine:
     def _fail_batch(self, batch: ScheduledBatch, error: str) -> list[RequestOutput]:
         outs = []
         for seq, _ in batch.items:
-            self.scheduler.running.remove(seq)
+            if seq in self.scheduler.running:
+                self.scheduler.running.remove(seq)
             self.block_manager.free(seq, forget_hashes=True)
             seq.finish("error", f"engine step failed: {error}")
             outs.append(self._output(seq, [], True))
@@ -190,6 +241,8 @@ class LLMEngine:
         outs = []
         eos = self.config.eos_token_ids
         for (seq, n), token in zip(batch.items, tokens):
+            if seq.is_finished:  # aborted, or stopped, while this pipelined step was in flight
+                continue
             seq.num_computed_tokens += n
             if token is None:
                 continue
@@ -238,6 +291,7 @@ class LLMEngine:
             preempted_request_ids=tuple(s.request_id for s in batch.preempted),
             finished_request_ids=tuple(o.request_id for o in outputs if o.finished), error=error,
             block_map=self.block_map() if self.collect_block_map else None)
+        self._last_end = time.monotonic()
 
     # -- stats ---------------------------------------------------------------------------------
     def stats(self) -> EngineStats:

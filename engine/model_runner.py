@@ -41,6 +41,17 @@ class StepInputs:
     num_rows: int = 0  # real rows (a graph bucket pads past them)
 
 
+@dataclass
+class PendingStep:
+    """A launched step: its items (and their row order), and its sampled tokens on their way to the host."""
+
+    items: list[tuple[Sequence, int]]
+    ordered: list[tuple[Sequence, int]]
+    tokens: torch.Tensor | None  # device, one per sampled row in row order; -1 = non-finite logits
+    host: torch.Tensor | None = None  # pinned copy (CUDA), valid once `ready` has happened
+    ready: torch.cuda.Event | None = None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -214,9 +225,12 @@ class ModelRunner:
         return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
     # -- one step ------------------------------------------------------------------------------
-    def prepare(self, items: list[tuple[Sequence, int]]) -> StepInputs:
-        """Flatten (sequence, num tokens) pairs into input ids, positions, attention metadata and sampling rows."""
-        b = self.inputs.build(items, self.cuda_graphs)
+    def prepare(self, items: list[tuple[Sequence, int]], ahead: bool = False) -> StepInputs:
+        """Flatten (sequence, num tokens) pairs into input ids, positions, attention metadata and sampling rows.
+
+        ahead: decode rows one token past each sequence's host state (pipelined decoding; ids left for the caller).
+        """
+        b = self.inputs.build(items, self.cuda_graphs, ahead)
         t = b.tensors
         meta = AttentionMetadata(
             slot_mapping=t["slot_mapping"], context_lens=t["context_lens"], block_tables=t["block_tables"],
@@ -249,8 +263,9 @@ class ModelRunner:
         return self.model.compute_logits(rows)
 
     @torch.inference_mode()
-    def sample(self, logits: torch.Tensor, inputs: StepInputs) -> list[int]:
-        """One token per sampled row; -1 where the logits were not finite (that request must fail)."""
+    @torch.inference_mode()
+    def sample_device(self, logits: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
+        """One token per sampled row, on the device; -1 where the logits were not finite (that request fails)."""
         tokens = self.sampler(logits, inputs.temperatures, inputs.top_ks, inputs.top_ps, inputs.generators,
                               all_greedy=inputs.all_greedy)
         if inputs.all_greedy:
@@ -258,22 +273,68 @@ class ModelRunner:
             finite = torch.isfinite(logits.gather(1, tokens.unsqueeze(1)).squeeze(1))
         else:
             finite = torch.isfinite(logits).all(dim=-1)
-        return torch.where(finite, tokens, -1).tolist()
+        return torch.where(finite, tokens, -1)
+
+    def sample(self, logits: torch.Tensor, inputs: StepInputs) -> list[int]:
+        """sample_device, read back to the host."""
+        return self.sample_device(logits, inputs).tolist()
+
+    def _host_tokens(self, n: int) -> torch.Tensor:
+        """Pinned host room for one step's sampled tokens; two alternate (at most two steps are in flight)."""
+        bufs = self.__dict__.setdefault("_pinned_tokens", [])
+        if not bufs or bufs[0].numel() < n:
+            size = max(n, self.config.max_num_seqs)
+            bufs[:] = [torch.empty(size, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+        bufs.reverse()
+        return bufs[0]
+
+    def launch(self, items: list[tuple[Sequence, int]], after: PendingStep | None = None,
+               keep: list[int] | None = None) -> PendingStep:
+        """Start one step without waiting for it: prepare, forward, sample; the tokens come back in collect().
+
+        after: the decode step still in flight whose sampled tokens are this step's input ids (pipelined
+        decoding: the items are `after`'s rows, or those at `keep`, each one token further on).
+        """
+        ordered = _decodes_first(items) if after is None else items
+        inputs = self.prepare(ordered, ahead=after is not None)
+        if after is not None:
+            src = after.tokens
+            if keep is not None:
+                src = src[torch.tensor(keep, dtype=torch.int64).to(src.device, non_blocking=True)]
+            with torch.inference_mode():
+                inputs.input_ids[:len(ordered)].copy_(src.clamp(min=0))  # -1 rows fail; any valid id will do
+        logits = self.execute(inputs)
+        tokens = self.sample_device(logits, inputs) if logits is not None else None
+        host = ready = None
+        if tokens is not None and tokens.is_cuda:
+            host = self._host_tokens(tokens.numel())
+            host[:tokens.numel()].copy_(tokens, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        return PendingStep(items, ordered, tokens, host, ready)
+
+    def collect(self, step: PendingStep) -> list[int | None]:
+        """Wait for a launched step's tokens: one per item whose tokens are now all computed, else None."""
+        if step.tokens is None:
+            sampled = []
+        elif step.ready is not None:
+            step.ready.synchronize()
+            sampled = step.host[:step.tokens.numel()].tolist()
+        else:
+            sampled = step.tokens.tolist()
+        ordered, items = step.ordered, step.items
+        if len(sampled) == len(ordered):  # every row sampled (decode steps)
+            if ordered is items:
+                return sampled
+            by_seq = {id(seq): tok for (seq, _), tok in zip(ordered, sampled)}
+            return [by_seq[id(seq)] for seq, _ in items]
+        it = iter(sampled)
+        by_seq = {id(seq): (next(it) if seq.num_computed_tokens + n == seq.num_tokens else None) for seq, n in ordered}
+        return [by_seq[id(seq)] for seq, _ in items]
 
     def run(self, items: list[tuple[Sequence, int]]) -> list[int | None]:
         """One step: a sampled token for each item whose tokens are now all computed, else None."""
-        ordered = _decodes_first(items)
-        if ordered is not items:
-            tokens = ModelRunner.run(self, ordered)
-            by_seq = {id(seq): tok for (seq, _), tok in zip(ordered, tokens)}
-            return [by_seq[id(seq)] for seq, _ in items]
-        inputs = self.prepare(items)
-        logits = self.execute(inputs)
-        sampled = self.sample(logits, inputs) if logits is not None else []
-        if len(sampled) == len(items):  # every item sampled (decode steps): already in item order
-            return sampled
-        tokens = iter(sampled)
-        return [next(tokens) if seq.num_computed_tokens + n == seq.num_tokens else None for seq, n in items]
+        return self.collect(self.launch(items))
 
 
 def _decodes_first(items: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int]]:

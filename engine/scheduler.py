@@ -65,6 +65,35 @@ class Scheduler:
                 self._schedule_waiting(batch, budget)
         return batch
 
+    def schedule_ahead(self, items: list[tuple[Sequence, int]], max_model_len: int
+                       ) -> tuple[list[tuple[Sequence, int]], list[int] | None] | None:
+        """The next decode step while this one (`items`, all decodes) is still on the GPU, if it is certain.
+
+        It is what schedule() will decide once the tokens are back, whatever they are: no request waits
+        to be admitted, every running request is in `items` and gets one more token (those that reach
+        max_tokens / max_model_len with this step's token drop out), and blocks for it are free (else the
+        full schedule, which may preempt, decides). Returns (items, their indices in `items` if some
+        dropped out) or None. Block hashes of blocks the next step fills are committed once the tokens
+        are known (LLMEngine), as no other request can be admitted in between.
+        """
+        if self.waiting or self.policy not in POLICIES:
+            return None
+        running = SequenceStatus.RUNNING
+        live = [(i, seq) for i, (seq, _) in enumerate(items) if seq.status == running]
+        if len(live) != len(self.running) or len(live) > self.max_num_batched_tokens:
+            return None
+        keep = [(i, seq) for i, seq in live
+                if len(seq.token_ids) + 1 < max_model_len
+                and len(seq.token_ids) + 1 - seq.num_prompt_tokens < seq.sampling_params.max_tokens]
+        if not keep:
+            return None
+        bm = self.block_manager
+        for _, seq in keep:
+            if not bm.allocate_slots(seq, 2):  # KV room for this step's token and the next one
+                return None
+        indices = None if len(keep) == len(items) else [i for i, _ in keep]
+        return [(seq, 1) for _, seq in keep], indices
+
     def _add_item(self, batch: ScheduledBatch, seq: Sequence, n: int) -> None:
         # Publish hashes now, not after the step: a request admitted later in this same step can
         # then share these blocks (each layer writes K/V before any attention reads it).

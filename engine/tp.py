@@ -303,9 +303,6 @@ class TPModelRunner:
             raise EngineDeadError(f"{reason or 'the tensor-parallel engine was shut down'}; "
                                   "the engine stopped — create a new LLM to continue")
 
-    def prepare(self, items) -> Any:
-        return self.runner.prepare(items)
-
     def execute(self, inputs: Any) -> torch.Tensor | None:
         """Send the inputs to every worker, then run rank 0's shard; any failure here stops the group."""
         self._check_alive()
@@ -324,9 +321,16 @@ class TPModelRunner:
     def sample(self, logits: torch.Tensor, inputs: Any) -> list[int]:
         return self.runner.sample(logits, inputs)
 
-    def run(self, items) -> list[int | None]:
-        # The same step as one rank (ModelRunner.run reads only prepare/execute/sample), with execute broadcasting.
-        return ModelRunner.run(self, items)  # type: ignore[arg-type]
+    def prepare(self, items, ahead: bool = False) -> Any:
+        return self.runner.prepare(items, ahead)
+
+    def sample_device(self, logits: torch.Tensor, inputs: Any) -> torch.Tensor:
+        return self.runner.sample_device(logits, inputs)
+
+    # The same step as one rank (these read only prepare / execute / sample_device), with execute broadcasting.
+    launch = ModelRunner.launch
+    collect = ModelRunner.collect
+    run = ModelRunner.run
 
     # -- stats and lifecycle ---------------------------------------------------------------------
     def rank_memory_bytes(self) -> list[int]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 from unittest import mock
 
+import torch
+
 from engine import llm_engine
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
@@ -44,8 +46,17 @@ class PagedFakeRunner:
         self.fail_next = False
         self.num_runs = 0
 
+    device = torch.device("cpu")  # synchronous, so the engine never pipelines decode steps over it
+
     def memory_bytes(self) -> int:
         return 0
+
+    def launch(self, items, after=None, keep=None) -> list[int | None]:
+        """The engine's launch/collect pair: the fake computes at launch, collect hands the tokens over."""
+        return self.run(items)
+
+    def collect(self, tokens: list[int | None]) -> list[int | None]:
+        return tokens
 
     def run(self, items) -> list[int | None]:
         self.num_runs += 1

@@ -93,12 +93,12 @@ def test_tokenizer_that_raises_on_one_request(tiny_qwen3_gqa_dir, monkeypatch):
 def test_nan_logits_for_one_row_fail_that_request_only(tiny_qwen3_gqa_dir, reference, victim_sp):
     llm = LLM(str(tiny_qwen3_gqa_dir), **dict(OPTS, max_num_seqs=4))
     runner = llm.model_runner
-    real_run, real_logits = runner.run, runner.model.compute_logits
+    real_prepare, real_logits = runner.prepare, runner.model.compute_logits
     state = {"items": [], "victim_samples": 0}
 
-    def run(items):
+    def prepare(items, ahead=False):  # the rows in the order the runner lays them out
         state["items"] = items
-        return real_run(items)
+        return real_prepare(items, ahead)
 
     def compute_logits(hidden):
         logits = real_logits(hidden)
@@ -110,7 +110,7 @@ def test_nan_logits_for_one_row_fail_that_request_only(tiny_qwen3_gqa_dir, refer
                     logits[row, 5] = float("nan")
         return logits
 
-    runner.run, runner.model.compute_logits = run, compute_logits
+    runner.prepare, runner.model.compute_logits = prepare, compute_logits
     for rid in ("r0", "r1", "r2"):
         llm.add_request(PROMPTS[rid], GREEDY, request_id=rid)
     llm.add_request(PROMPTS["r3"], victim_sp, request_id="victim")

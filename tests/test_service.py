@@ -8,6 +8,7 @@ import time
 
 import psutil
 import pytest
+import torch
 
 from engine import LLM, SamplingParams
 from engine.chat import render_chat
@@ -262,16 +263,16 @@ def test_idle_service_thread_uses_no_cpu(tiny_svc):
 
 
 def test_step_exception_fails_only_that_steps_requests(tiny_svc, tiny, monkeypatch):
-    real_run = tiny.model_runner.run
+    real_launch = tiny.model_runner.launch
 
-    def run(items):
+    def launch(items, *args):
         if any(seq.request_id == "boom" for seq, _ in items):
             raise RuntimeError("injected failure")
-        return real_run(items)
+        return real_launch(items, *args)
 
     sp = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     reference = tiny_svc.submit("after the error", sp).result(timeout=30)
-    monkeypatch.setattr(tiny.model_runner, "run", run)
+    monkeypatch.setattr(tiny.model_runner, "launch", launch)
     bad = tiny_svc.submit("this one fails", sp, request_id="boom").result(timeout=30)
     assert bad.finish_reason == "error" and "injected failure" in bad.error
     good = tiny_svc.submit("after the error", sp).result(timeout=30)
@@ -364,7 +365,8 @@ def test_thinking_streams_as_reasoning_deltas(tiny_svc, tiny, monkeypatch):
     script = tok.encode(f"<think>{think}</think>{answer}", add_special_tokens=False)
     assert len(tok.encode("<think>", add_special_tokens=False)) > 1  # the tags really span tokens
     forced = iter(script)
-    monkeypatch.setattr(tiny.model_runner, "sample", lambda logits, inputs: [next(forced) for _ in range(logits.shape[0])])
+    monkeypatch.setattr(tiny.model_runner, "sample_device",
+                        lambda logits, inputs: torch.tensor([next(forced) for _ in range(logits.shape[0])]))
     h = tiny_svc.submit([{"role": "user", "content": "2+2?"}], SamplingParams(max_tokens=len(script), ignore_eos=True),
                         enable_thinking=True)
     deltas = list(h)

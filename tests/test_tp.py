@@ -65,7 +65,8 @@ def test_tp2_matches_tp1_then_second_engine_preempts(tiny_qwen3_gqa_dir) -> None
     pids = _worker_pids(first)
     first.shutdown()
     assert _wait_gone(pids, 5) and not dist.is_initialized()
-    second = LLM(str(tiny_qwen3_gqa_dir), tensor_parallel_size=2, num_kvcache_blocks=8, **KW)
+    # The second one also pipelines its decode steps (inputs of step N+1 come from step N's device tokens).
+    second = LLM(str(tiny_qwen3_gqa_dir), tensor_parallel_size=2, num_kvcache_blocks=8, async_scheduling=True, **KW)
     try:
         assert _tokens(second, PROMPTS) == ref
         assert second.stats().num_preemptions > 0

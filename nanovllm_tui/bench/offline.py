@@ -36,10 +36,12 @@ def run_offline(llm, workload: list[BenchRequest], temperature: float, warmup: b
     # Timed like nano-vllm's bench: adding the requests is part of the run.
     seqs = [llm.add_request(list(r.prompt_token_ids), sp, detokenize=False) for r, sp in zip(workload, params)]
     errors: list[str] = []
+    last = llm.last_step
     while llm.has_unfinished_requests():
         outs = llm.step()
-        if on_step is not None and llm.last_step is not None:
-            on_step(llm.last_step)
+        if on_step is not None and llm.last_step is not None and llm.last_step is not last:
+            last = llm.last_step  # a pipelined step call may only launch: nothing new to report
+            on_step(last)
         bar.update(sum(len(o.token_ids) for o in outs))
         errors.extend(o.error for o in outs if o.finished and o.finish_reason == "error")
     seconds = time.perf_counter() - start
