@@ -22,7 +22,12 @@ from engine.sequence import Sequence
 _first, _second = itemgetter(0), itemgetter(1)
 _computed, _token_ids, _block_table = attrgetter("num_computed_tokens"), attrgetter("token_ids"), attrgetter("block_table")
 _sampling_params, _temperature = attrgetter("sampling_params"), attrgetter("temperature")
-_top_k, _top_p = attrgetter("top_k"), attrgetter("top_p")
+_top_k, _top_p, _seed = attrgetter("top_k"), attrgetter("top_p"), attrgetter("seed")
+
+
+def _as_int64(seed: int) -> int:
+    """A seed's low 64 bits (as Sequence.generator uses them) as a signed int64 value."""
+    return ((seed & 0xFFFF_FFFF_FFFF_FFFF) ^ (1 << 63)) - (1 << 63)
 
 
 class GraphLayouts(Protocol):
@@ -63,7 +68,7 @@ class Layout:
         t, r, s, w = self.tokens, self.rows, self.samples, self.width
         # Fields a CUDA graph reads come first, so their offsets do not depend on the number of samples.
         return ((("input_ids", t), ("positions", t), ("slot_mapping", t), ("cu_seqlens_q", r + 1),
-                 ("num_decode", 1), ("sample_rows", s), ("top_ks", s)),
+                 ("num_decode", 1), ("sample_rows", s), ("top_ks", s), ("seeds", s), ("offsets", s)),
                 (("context_lens", r), ("block_tables", r * w)),
                 (("temperatures", s), ("top_ps", s)))
 
@@ -149,6 +154,11 @@ class InputBuilder:
         self._copied: torch.cuda.Event | None = None
         self._host_np: tuple[np.ndarray, np.ndarray, np.ndarray] = ()
         self._view_cache: dict[tuple[Layout, int], dict[str, torch.Tensor]] = {}
+        # Philox keys of unseeded rows: fresh every step, reproducible under torch.manual_seed like the torch path.
+        self._rng = np.random.default_rng(torch.initial_seed())
+
+    def _fresh_seed(self) -> int:
+        return int(self._rng.integers(-2**63, 2**63 - 1, dtype=np.int64, endpoint=True))
 
     def _host_buffers(self, layout: Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self._host
@@ -273,6 +283,15 @@ class InputBuilder:
         a["temperatures"][:] = temps
         a["top_ks"][:] = top_ks
         a["top_ps"][:] = top_ps
+        # Per-row Philox key and counter for the fused CUDA sampler: a seeded request samples with (its seed,
+        # the position of the token being sampled), so its tokens depend on neither the batch nor preemption.
+        a["offsets"][:] = totals[done]
+        row_seeds = a["seeds"]
+        user_seeds = [sps[0].seed] * len(sps) if len(distinct) == 1 else list(map(_seed, sps))
+        if user_seeds.count(None) == len(user_seeds):  # the usual case: no seeded request in the batch
+            row_seeds[:] = self._rng.integers(-2**63, 2**63 - 1, size=len(sps), dtype=np.int64, endpoint=True)
+        else:
+            row_seeds[:] = [self._fresh_seed() if s is None else _as_int64(s) for s in user_seeds]
 
         # 4. One non-blocking copy per buffer, then device views with the same layout.
         dev = target or self._device_buffers(layout)

@@ -35,6 +35,8 @@ class StepInputs:
     top_ks: torch.Tensor | None = None
     top_ps: torch.Tensor | None = None
     generators: list[torch.Generator | None] | None = None
+    seeds: torch.Tensor | None = None  # int64 [samples]: per-row Philox keys for the fused CUDA sampler
+    offsets: torch.Tensor | None = None  # int64 [samples]: per-row Philox counters (token positions)
     all_greedy: bool = False  # decided on the host, so sampling needs no device read
     graph_bucket: int = 0  # > 0: inputs sit in that CUDA graph's static buffers; replay it
     graph_tokens: int = 0  # > 0: a mixed batch in the mixed graph of this many tokens; replay it
@@ -245,6 +247,7 @@ class ModelRunner:
             temperatures=t["temperatures"], top_ks=t["top_ks"] if b.use_top_k else None,
             top_ps=t["top_ps"] if b.use_top_p else None,
             generators=gens if any(g is not None for g in gens) else None,
+            seeds=t["seeds"], offsets=t["offsets"],
             all_greedy=b.all_greedy, graph_bucket=b.graph_bucket, graph_tokens=b.graph_tokens, num_rows=b.num_rows,
         )
 
@@ -266,14 +269,9 @@ class ModelRunner:
     @torch.inference_mode()
     def sample_device(self, logits: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
         """One token per sampled row, on the device; -1 where the logits were not finite (that request fails)."""
-        tokens = self.sampler(logits, inputs.temperatures, inputs.top_ks, inputs.top_ps, inputs.generators,
-                              all_greedy=inputs.all_greedy)
-        if inputs.all_greedy:
-            # argmax picks a NaN or +inf if the row has one: checking the picked logit is enough (no extra pass).
-            finite = torch.isfinite(logits.gather(1, tokens.unsqueeze(1)).squeeze(1))
-        else:
-            finite = torch.isfinite(logits).all(dim=-1)
-        return torch.where(finite, tokens, -1)
+        # With seeds the sampler flags non-finite rows itself (inside the fused kernel on CUDA: no extra pass).
+        return self.sampler(logits, inputs.temperatures, inputs.top_ks, inputs.top_ps, inputs.generators,
+                            all_greedy=inputs.all_greedy, seeds=inputs.seeds, offsets=inputs.offsets)
 
     def sample(self, logits: torch.Tensor, inputs: StepInputs) -> list[int]:
         """sample_device, read back to the host."""

@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 HEADER_BYTES = 1 << 16
-SAMPLING_ONLY = frozenset({"temperatures", "top_ks", "top_ps", "generators"})  # rank 0 samples alone
+# Rank 0 samples alone: workers never receive these.
+SAMPLING_ONLY = frozenset({"temperatures", "top_ks", "top_ps", "generators", "seeds", "offsets"})
 EXIT = "exit"
 ALIGN = 16  # every tensor starts on an aligned byte offset so a uint8 view can be re-viewed as any dtype
 

@@ -8,6 +8,7 @@ from benchmarks.random_model import make_random_model
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
+from layers.sampler import Sampler
 
 TINY = dict(num_hidden_layers=1, hidden_size=64, intermediate_size=64, num_attention_heads=2,
             num_key_value_heads=1, head_dim=32, vocab_size=300)
@@ -37,3 +38,20 @@ def test_non_finite_rows_are_flagged(runner, temperature: float) -> None:
     assert 0 <= tokens[0] < TINY["vocab_size"]
     if temperature == 0:
         assert tokens[0] == int(logits[0].argmax())
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_sampler_with_seeds_flags_non_finite_rows_on_the_torch_path(temperature: float) -> None:
+    # On CPU, passing seeds keeps the torch sampler and its generators, and adds the -1 flagging.
+    logits = torch.randn(3, 50)
+    logits[1, 7] = float("nan")
+    temps = torch.full((3,), temperature)
+    seeds = torch.arange(3, dtype=torch.int64)
+    plain = Sampler()(logits, temps, None, None, _generators(3), all_greedy=temperature == 0)
+    flagged = Sampler()(logits, temps, None, None, _generators(3), all_greedy=temperature == 0, seeds=seeds,
+                        offsets=seeds)
+    assert flagged.tolist() == [int(plain[0]), -1, int(plain[2])]
+
+
+def _generators(n: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(i) for i in range(n)]
