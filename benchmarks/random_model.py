@@ -8,7 +8,7 @@ QWEN3_06B_CONFIG = pathlib.Path(__file__).with_name("configs") / "qwen3-0.6b.jso
 
 
 def make_random_model(out_dir: str | pathlib.Path, config_path: str | pathlib.Path = QWEN3_06B_CONFIG,
-                      seed: int = 0, device: str = "cpu", **overrides) -> pathlib.Path:
+                      seed: int = 0, device: str = "cpu", save_dtype: str = "float32", **overrides) -> pathlib.Path:
     """Save config.json + fp32 safetensors with transformers' own random init, plus a word-level tokenizer.
 
     The tokenizer only exists because the engine loads one: callers pass token ids, not text.
@@ -26,7 +26,8 @@ def make_random_model(out_dir: str | pathlib.Path, config_path: str | pathlib.Pa
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(out, safe_serialization=True)
+    # bf16 halves what an 8B-sized model writes and reads (32 GB in fp32); fp32 keeps exact-match tests exact.
+    model.to(getattr(torch, save_dtype)).save_pretrained(out, safe_serialization=True)
     vocab = {"<unk>": 0, "<eos>": 1}
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
                                   unk_token="<unk>", eos_token="<eos>")

@@ -73,7 +73,7 @@ def main() -> None:
         model_dir = pathlib.Path(args.model_cache) / f"qwen3-{name}"
         if not (model_dir / "config.json").exists():
             print(f"building random-weight qwen3-{name} in {model_dir} ...", flush=True)
-            make_random_model(model_dir, device="cuda" if gpus else "cpu", **MODELS[name])
+            make_random_model(model_dir, device="cuda" if gpus else "cpu", save_dtype="bfloat16", **MODELS[name])
         for tp in sizes:
             if tp > max(gpus, 1):
                 print(f"skip qwen3-{name} TP={tp}: {gpus} GPU(s) visible", flush=True)
