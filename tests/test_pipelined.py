@@ -2,6 +2,8 @@
 back. On CPU the forward is synchronous, so these tests force it on and check it changes nothing but timing."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from engine import LLM, SamplingParams
@@ -96,3 +98,32 @@ def test_pipelined_with_preemption(tiny_qwen3_gqa_dir, policy: str) -> None:
     llm, got, _, launches = _run(tiny_qwen3_gqa_dir, True, prompts, [params] * len(prompts), **kw)
     assert got == want
     assert llm.stats().num_preemptions > 0 and launches > 0
+
+
+def test_service_streams_with_pipelined_steps(tiny_qwen3_gqa_dir) -> None:
+    """Through EngineService (the app's path): streamed deltas add up to the synchronous engine's tokens, an
+    abort mid-stream frees its blocks, and the step-stats history has no step twice."""
+    from engine.service import EngineService
+
+    prompts = mixed_prompts(13)[:5]
+    sp = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    want = LLM(str(tiny_qwen3_gqa_dir), async_scheduling=False, **KW).generate(prompts, sp, use_tqdm=False)
+    svc = EngineService(LLM(str(tiny_qwen3_gqa_dir), async_scheduling=True, **KW))
+    try:
+        long = svc.submit(prompts[0], SamplingParams(temperature=0, max_tokens=200, ignore_eos=True))
+        handles = [svc.submit(p, sp) for p in prompts]
+        streamed = [[] for _ in handles]
+        for i, h in enumerate(handles):
+            for out in h:
+                streamed[i].extend(out.token_ids)
+        assert streamed == [w["token_ids"] for w in want]
+        assert long.abort() or long.done
+        assert long.result(timeout=30).finish_reason in ("abort", "length")
+        deadline = time.monotonic() + 10
+        while svc.stats().num_blocks_used and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert svc.stats().num_blocks_used == 0
+        steps = [s.step for s in svc.stats_history()]
+        assert steps == sorted(set(steps))
+    finally:
+        svc.shutdown()
