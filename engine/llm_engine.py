@@ -18,7 +18,7 @@ from engine.outputs import RequestOutput
 from engine.prompt_check import check_prompt_text
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
-from engine.sequence import Sequence
+from engine.sequence import Sequence, SequenceStatus
 from engine.stats import CACHED, FREE, SHARED, USED, BlockMap, EngineStats, StepStats
 from engine.tp import EngineDeadError
 
@@ -238,35 +238,49 @@ class LLMEngine:
         return outs
 
     def _process(self, batch: ScheduledBatch, tokens: list[int | None]) -> list[RequestOutput]:
-        outs = []
+        """Append each sampled token, apply the stop rules, and build the step's output deltas.
+
+        Runs over every running request every step, so the common case (a token that finishes nothing)
+        is plain attribute reads and one RequestOutput; all of a step's tokens share one timestamp.
+        """
+        outs: list[RequestOutput] = []
+        emit = outs.append
         eos = self.config.eos_token_ids
+        max_len = self.config.max_model_len
+        detoks = self.detokenizers
+        done = SequenceStatus.FINISHED
+        now = time.monotonic()
         for (seq, n), token in zip(batch.items, tokens):
-            if seq.is_finished:  # aborted, or stopped, while this pipelined step was in flight
+            if seq.status is done:  # aborted, or stopped, while this pipelined step was in flight
                 continue
             seq.num_computed_tokens += n
             if token is None:
                 continue
-            sp = seq.sampling_params
             if token < 0:
                 seq.finish("error", "the model produced non-finite logits (NaN/inf) for this request")
                 self.scheduler.remove(seq)
-                outs.append(self._output(seq, [], True))
+                emit(self._output(seq, [], True))
                 continue
-            seq.append_token(token)
-            detok = self.detokenizers.get(seq.request_id)
+            seq.append_token(token, now)
+            sp = seq.sampling_params
+            detok = detoks.get(seq.request_id)
             if detok is not None:
                 detok.add_tokens([token])
+            num_tokens = len(seq.token_ids)
             if (not sp.ignore_eos and token in eos) or (sp.stop_token_ids and token in sp.stop_token_ids):
-                seq.finish("stop")
+                reason = "stop"
             elif detok is not None and detok.stopped:
-                seq.finish("stop")
-            elif seq.num_completion_tokens >= sp.max_tokens or seq.num_tokens >= self.config.max_model_len:
-                seq.finish("length")
-            if seq.is_finished:
-                if detok is not None:
-                    detok.flush()
-                self.scheduler.remove(seq)
-            outs.append(self._output(seq, [token], seq.is_finished))
+                reason = "stop"
+            elif num_tokens - seq.num_prompt_tokens >= sp.max_tokens or num_tokens >= max_len:
+                reason = "length"
+            else:
+                emit(RequestOutput(seq.request_id, detok.take_delta() if detok is not None else "", [token]))
+                continue
+            seq.finish(reason)
+            if detok is not None:
+                detok.flush()
+            self.scheduler.remove(seq)
+            emit(self._output(seq, [token], True))
         return outs
 
     def _record(self, batch: ScheduledBatch, counts: tuple[int, int, int], start: float,

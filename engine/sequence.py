@@ -76,8 +76,10 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status == SequenceStatus.FINISHED
 
-    def append_token(self, token_id: int) -> None:
-        now = time.monotonic()
+    def append_token(self, token_id: int, now: float | None = None) -> None:
+        """Add a sampled token; `now` (time.monotonic()) lets a step stamp all its tokens with one clock read."""
+        if now is None:
+            now = time.monotonic()
         if self.first_token_time is None:
             self.first_token_time = now
         self.token_times.append(now)
