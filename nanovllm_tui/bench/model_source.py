@@ -48,8 +48,8 @@ def random_model_dir(config_path: str, cache_dir: str | os.PathLike | None = Non
     cache.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=cache))
     try:
-        _save_random_model(cfg, work)
-        _save_minimal_tokenizer(cfg, work)
+        save_random_model(cfg, work)
+        save_minimal_tokenizer(cfg, work)
         (work / _MARKER).touch()
         try:
             work.rename(target)
@@ -61,26 +61,30 @@ def random_model_dir(config_path: str, cache_dir: str | os.PathLike | None = Non
     return target
 
 
-def _save_random_model(cfg: dict, path: pathlib.Path) -> None:
-    """Random init of the architecture (on the GPU when there is one: much faster), saved in the config's dtype."""
+def save_random_model(cfg: dict, path: str | os.PathLike, seed: int = 0, device: str | None = None,
+                      dtype: str | None = None) -> None:
+    """transformers' random init of the architecture in cfg, saved as an HF dir (config.json + safetensors).
+
+    The init runs in fp32 (on the GPU when there is one: much faster) and is then cast to `dtype` (default:
+    the config's), so one seed gives the same weights whatever dtype they are saved in.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = dict(cfg)
     hf_config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-    name = str(cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16").removeprefix("torch.")
-    dtype = getattr(torch, name, torch.bfloat16)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
+    name = str(dtype or cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16").removeprefix("torch.")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    model.save_pretrained(path, safe_serialization=True)
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    model.to(getattr(torch, name, torch.bfloat16)).save_pretrained(path, safe_serialization=True)
     del model
-    if device == "cuda":
+    if device.startswith("cuda"):
         torch.cuda.empty_cache()
 
 
-def _save_minimal_tokenizer(cfg: dict, path: pathlib.Path) -> None:
+def save_minimal_tokenizer(cfg: dict, path: str | os.PathLike) -> None:
     """A word-level tokenizer with one token per id: every id the model can emit decodes (to `<id>`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
