@@ -34,22 +34,11 @@ from engine.reasoning import ReasoningSplitter
 from engine.request_handle import RequestHandle, RequestMetrics
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence as EngineSequence
+from engine.step_observers import ObservedService, ServiceEvent, StepObservers
 from engine.stats import EngineStats, StepStats
 
 Prompt = str | list[int] | Sequence[Mapping[str, Any]]
 _SHUTDOWN = "the engine service was shut down before this request finished"
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceEvent:
-    """Something the UI should hear about: "step_error" (a step failed, the service goes on), "fatal"
-    (the service stopped) or "listener_error" (a stats subscriber raised)."""
-
-    kind: str
-    time: float
-    message: str
-    request_ids: tuple[str, ...] = ()
-    traceback: str | None = None
 
 
 @dataclass(slots=True)
@@ -76,8 +65,31 @@ def _make_engine(llm_or_config: LLMEngine | Config | str | os.PathLike, engine_k
                     f"got {type(llm_or_config).__name__}")
 
 
-class EngineService:
+def prepare_request(engine: Any, prompt: Prompt, sp: SamplingParams, enable_thinking: bool | None,
+                    split_reasoning: bool | None,
+                    reasoning_template: bool) -> tuple[list[int], ReasoningSplitter | None]:
+    """Validate a request in the caller's thread: the token ids to queue and its reasoning splitter (or None).
+
+    Reads only engine.tokenizer and engine.config, so any thread (or a process holding just those) may call it."""
+    chat = is_messages(prompt)
+    text_or_ids = render_chat(engine.tokenizer, prompt, enable_thinking) if chat else prompt
+    if not chat and not isinstance(text_or_ids, (str, list)):
+        raise ValueError(f"prompt must be a string, a list of token ids or a list of chat messages, "
+                         f"got {type(prompt).__name__}")
+    ids = engine.validate_request(text_or_ids, sp)
+    if split_reasoning is None:
+        split_reasoning = chat and reasoning_template
+    if not split_reasoning:
+        return ids, None
+    opens = isinstance(text_or_ids, str) and prompt_opens_reasoning(text_or_ids)
+    return ids, ReasoningSplitter(in_reasoning=opens)
+
+
+class EngineService(ObservedService):
     """Owns one engine and its step loop thread; see the module docstring for the contract."""
+
+    # What submit() hands out; engine.process_child swaps in a handle that forwards outputs to another process.
+    handle_factory: Callable[[str, RequestMetrics, Callable[[str], bool]], RequestHandle] = RequestHandle
 
     def __init__(self, llm_or_config: LLMEngine | Config | str | os.PathLike, *, history_size: int = 2048,
                  max_events: int = 256, **engine_kwargs: Any):
@@ -93,9 +105,7 @@ class EngineService:
         self._active: dict[str, _Active] = {}                  # engine thread only
         self._busy = False                                     # engine thread only: unfinished work left
         # Ring buffers written by the engine thread; deque.copy() reads them atomically under the GIL.
-        self._history: deque[StepStats] = deque(maxlen=history_size)
-        self._events: deque[ServiceEvent] = deque(maxlen=max_events)
-        self._listeners: tuple[Callable[[StepStats], None], ...] = ()
+        self._observers = StepObservers(history_size, max_events)
         self._last_published: StepStats | None = self.engine.last_step
         self._stats: EngineStats = self.engine.stats()
         self._reasoning_template = template_has_reasoning(self.engine.tokenizer)
@@ -113,18 +123,8 @@ class EngineService:
         """
         arrival = time.monotonic()
         sp = sampling_params or SamplingParams()
-        chat = is_messages(prompt)
-        text_or_ids = render_chat(self.engine.tokenizer, prompt, enable_thinking) if chat else prompt
-        if not chat and not isinstance(text_or_ids, (str, list)):
-            raise ValueError(f"prompt must be a string, a list of token ids or a list of chat messages, "
-                             f"got {type(prompt).__name__}")
-        ids = self.engine.validate_request(text_or_ids, sp)
-        if split_reasoning is None:
-            split_reasoning = chat and self._reasoning_template
-        splitter = None
-        if split_reasoning:
-            opens = isinstance(text_or_ids, str) and prompt_opens_reasoning(text_or_ids)
-            splitter = ReasoningSplitter(in_reasoning=opens)
+        ids, splitter = prepare_request(self.engine, prompt, sp, enable_thinking, split_reasoning,
+                                        self._reasoning_template)
         with self._cond:
             if self._stopped or self._stopping:
                 raise RuntimeError(f"the engine service has stopped ({self._fatal or 'shut down'}); start a new one")
@@ -135,7 +135,7 @@ class EngineService:
             elif request_id in self._handles:
                 raise ValueError(f"request_id {request_id!r} is already in use; pass a unique id or None")
             metrics = RequestMetrics(arrival_time=arrival, num_prompt_tokens=len(ids))
-            handle = RequestHandle(request_id, metrics, self.abort)
+            handle = self.handle_factory(request_id, metrics, self.abort)
             self._handles[request_id] = handle
             self._commands.append(lambda: self._add(handle, ids, sp, splitter))
             self._cond.notify()
@@ -184,36 +184,6 @@ class EngineService:
             self._cond.notify()
 
     # -- observation (any thread, never blocks the engine) ---------------------------------------
-    def stats(self) -> EngineStats:
-        """Cumulative counters as of the last step."""
-        return self._stats
-
-    def stats_history(self, since_step: int | None = None) -> list[StepStats]:
-        """Recent StepStats, oldest first (only steps after `since_step` if given)."""
-        history = self._history.copy()
-        if since_step is None:
-            return list(history)
-        return [s for s in history if s.step > since_step]
-
-    def events(self) -> list[ServiceEvent]:
-        """Recent step errors and the fatal error, if any, oldest first."""
-        return list(self._events.copy())
-
-    def subscribe(self, listener: Callable[[StepStats], None]) -> Callable[[], None]:
-        """Call `listener(step_stats)` after every step, on the engine thread: it must not block
-        (use Textual's post_message, not call_from_thread). Returns an unsubscribe function."""
-        with self._cond:
-            self._listeners = (*self._listeners, listener)
-
-        def unsubscribe() -> None:
-            with self._cond:
-                self._listeners = tuple(fn for fn in self._listeners if fn is not listener)
-        return unsubscribe
-
-    @property
-    def fatal_error(self) -> str | None:
-        return self._fatal
-
     @property
     def is_running(self) -> bool:
         return self._thread.is_alive() and not self._stopped
@@ -288,7 +258,7 @@ class EngineService:
                         out.error = _SHUTDOWN
                 self._publish(outputs)
         except Exception as exc:  # the handles are failed right after anyway
-            self._events.append(ServiceEvent("step_error", time.monotonic(), f"{type(exc).__name__}: {exc}"))
+            self._observers.add_event(ServiceEvent("step_error", time.monotonic(), f"{type(exc).__name__}: {exc}"))
 
     def _add(self, handle: RequestHandle, ids: list[int], sp: SamplingParams,
              splitter: ReasoningSplitter | None) -> None:
@@ -323,16 +293,11 @@ class EngineService:
         if step is None or step is self._last_published or step.num_seqs == 0:
             return  # a step that only delivered aborts/admission errors computed nothing
         self._last_published = step
-        self._history.append(step)
         if step.error:
             failed = tuple(o.request_id for o in outputs if o.finish_reason == "error")
-            self._events.append(ServiceEvent("step_error", now, step.error, failed,
-                                             getattr(self.engine, "last_traceback", None)))
-        for listener in self._listeners:
-            try:
-                listener(step)
-            except Exception as exc:  # a broken subscriber must not stop the engine
-                self._events.append(ServiceEvent("listener_error", now, f"{type(exc).__name__}: {exc}"))
+            self._observers.add_event(ServiceEvent("step_error", now, step.error, failed,
+                                                   getattr(self.engine, "last_traceback", None)))
+        self._observers.publish(step)
 
     @staticmethod
     def _update_metrics(active: _Active, out: RequestOutput, now: float) -> None:
@@ -364,6 +329,6 @@ class EngineService:
         with self._cond:
             self._fatal = message
             self._stopped = True
-        self._events.append(ServiceEvent("fatal", time.monotonic(), message, tuple(self._active),
+        self._observers.add_event(ServiceEvent("fatal", time.monotonic(), message, tuple(self._active),
                                          traceback.format_exc()))
         self._fail_all("error", f"the engine stopped on a fatal error: {message}")

@@ -1,5 +1,7 @@
 """`nanovllm-tui`: parse engine options, check the model before any UI, start the engine service, run the app.
 
+The engine runs in its own process by default (engine.process_service); --engine-thread keeps it on a thread.
+
 `nanovllm-tui bench ...` hands its arguments to nanovllm_tui.bench.main (the headless benchmark).
 """
 from __future__ import annotations
@@ -75,8 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split the model over N GPUs")
     p.add_argument("--attention-backend", choices=("auto", "torch", "triton", "flash-attn"), default="auto",
                    help="attention kernels: auto = flash-attn or Triton on CUDA, the torch reference on CPU")
+    p.add_argument("--engine-thread", action="store_true",
+                   help="run the engine on a thread of the app's process instead of in its own process (the "
+                        "default: a subprocess, so the UI never competes with the engine for the interpreter lock)")
+    p.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   help="torch intra-op threads of the engine (default: torch's own default, i.e. OMP_NUM_THREADS "
+                        "or the physical cores, minus one, at least 1: one core is left for the UI)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     return p
+
+
+def default_torch_threads() -> int:
+    """The engine's torch threads unless told otherwise: torch's default less the one core the UI needs."""
+    import torch
+    return max(1, torch.get_num_threads() - 1)
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -119,30 +133,68 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def load_engine(args: argparse.Namespace):
-    """Resolve the model dir, build the LLM and check the cache holds one max-length request."""
+def resolve_model_dir(args: argparse.Namespace) -> str:
+    """--model checked cheaply, or the demo model prepared (with progress on stderr)."""
     if args.model is None:
         from engine.demo_model import DemoModelError, ensure_demo_model
         try:
-            model_dir = str(ensure_demo_model(progress=lambda msg: print(f"demo model: {msg}", file=sys.stderr)))
+            return str(ensure_demo_model(progress=lambda msg: print(f"demo model: {msg}", file=sys.stderr)))
         except DemoModelError as exc:
             raise CliError(_one_line(exc)) from None
-    else:
-        model_dir = os.path.expanduser(args.model)
-        check_model_dir(model_dir)
+    model_dir = os.path.expanduser(args.model)
+    check_model_dir(model_dir)
+    return model_dir
+
+
+def check_capacity(engine) -> None:
+    """The KV cache must hold one max-length request (engine: an LLM or the process service's proxy)."""
+    num_blocks, cfg = engine.block_manager.num_blocks, engine.config
+    capacity = num_blocks * cfg.kvcache_block_size
+    if capacity < cfg.max_model_len:
+        raise CliError(f"the KV cache holds {capacity} tokens ({num_blocks} blocks of "
+                       f"{cfg.kvcache_block_size}) but --max-model-len is {cfg.max_model_len}; "
+                       "raise --num-kvcache-blocks / --kv-cache-memory / --gpu-memory-utilization "
+                       "or lower --max-model-len")
+
+
+def load_engine(args: argparse.Namespace):
+    """Resolve the model dir, build the LLM in this process and check the cache holds one max-length request."""
+    model_dir = resolve_model_dir(args)
     print(f"loading {model_dir} …", flush=True)  # stdout: stderr carries only the error line
+    import torch
+
     from engine import LLM
+    torch.set_num_threads(args.torch_threads or default_torch_threads())
     try:
         llm = LLM(model_dir, **engine_kwargs(args))
     except (ValueError, TypeError) as exc:  # ModelLoadError is a ValueError; messages name the fix
         raise CliError(_one_line(exc)) from None
-    capacity = llm.block_manager.num_blocks * llm.config.kvcache_block_size
-    if capacity < llm.config.max_model_len:
-        raise CliError(f"the KV cache holds {capacity} tokens ({llm.block_manager.num_blocks} blocks of "
-                       f"{llm.config.kvcache_block_size}) but --max-model-len is {llm.config.max_model_len}; "
-                       "raise --num-kvcache-blocks / --kv-cache-memory / --gpu-memory-utilization "
-                       "or lower --max-model-len")
+    check_capacity(llm)
     return llm, Path(model_dir).name
+
+
+def start_service(args: argparse.Namespace):
+    """The engine service the app talks to, and the model's name: in its own process unless --engine-thread."""
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise CliError(f"--torch-threads {args.torch_threads} must be >= 1")
+    if args.engine_thread:
+        from engine.service import EngineService
+        llm, model_name = load_engine(args)
+        return EngineService(llm), model_name
+    model_dir = resolve_model_dir(args)
+    print(f"loading {model_dir} …", flush=True)
+    from engine.process_service import ProcessEngineService
+    try:  # the engine process re-raises its start-up errors here with the same type and message
+        service = ProcessEngineService(model_dir, torch_threads=args.torch_threads or default_torch_threads(),
+                                       quiet=not args.debug, **engine_kwargs(args))
+    except (ValueError, TypeError) as exc:
+        raise CliError(_one_line(exc)) from None
+    try:
+        check_capacity(service.engine)
+    except CliError:
+        service.shutdown()
+        raise
+    return service, Path(model_dir).name
 
 
 def _quiet_libraries() -> None:
@@ -169,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
-        llm, model_name = load_engine(args)
+        service, model_name = start_service(args)
     except CliError as exc:
         if args.debug:
             raise
@@ -181,7 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nanovllm-tui: error: loading the model failed: {_one_line(exc)} (--debug shows the traceback)",
               file=sys.stderr)
         return 1
-    from engine.service import EngineService
     from nanovllm_tui.app import NanoVllmApp
     from nanovllm_tui.stats_window import EngineInfo
 
@@ -189,9 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     # instead of killing the process mid-frame with the terminal left in raw mode on the alternate screen.
     # Re-raised as SIGINT, which asyncio's runner (under Textual) turns into a clean cancellation.
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
-    service = EngineService(llm)
     try:
-        NanoVllmApp(service, EngineInfo.from_llm(llm, model_name), owns_service=True).run()
+        NanoVllmApp(service, EngineInfo.from_llm(service.engine, model_name), owns_service=True).run()
     finally:
         service.shutdown()
     return 0

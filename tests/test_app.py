@@ -9,6 +9,7 @@ import pytest
 from textual.widgets import DataTable, Input, Static
 
 from engine import LLM
+from engine.process_service import ProcessEngineService
 from engine.service import EngineService
 from nanovllm_tui.app import NanoVllmApp
 from nanovllm_tui.screens.bench import BenchScreen
@@ -20,11 +21,17 @@ from nanovllm_tui.widgets.chat import AnswerView, UserMessage
 
 @pytest.fixture
 def make_app(tiny_qwen3_gqa_dir):
-    """A factory for an app over a fresh engine (greedy, small answers); the app owns and stops the service."""
-    def make(max_tokens: int = 12, num_blocks: int = 64, max_model_len: int = 512) -> NanoVllmApp:
-        llm = LLM(str(tiny_qwen3_gqa_dir), kvcache_block_size=16, max_model_len=max_model_len,
-                  num_kvcache_blocks=num_blocks)
-        return NanoVllmApp(EngineService(llm), EngineInfo.from_llm(llm, "tiny-qwen3"), owns_service=True,
+    """A factory for an app over a fresh engine (greedy, small answers); the app owns and stops the service.
+
+    engine="process" puts the engine in its own process (ProcessEngineService, the CLI's default)."""
+    def make(max_tokens: int = 12, num_blocks: int = 64, max_model_len: int = 512,
+             engine: str = "thread") -> NanoVllmApp:
+        options = dict(kvcache_block_size=16, max_model_len=max_model_len, num_kvcache_blocks=num_blocks)
+        if engine == "process":
+            service = ProcessEngineService(tiny_qwen3_gqa_dir, torch_threads=1, device="cpu", **options)
+        else:
+            service = EngineService(LLM(str(tiny_qwen3_gqa_dir), **options))
+        return NanoVllmApp(service, EngineInfo.from_llm(service.engine, "tiny-qwen3"), owns_service=True,
                            default_settings=SessionSettings(temperature=0.0, max_tokens=max_tokens))
     return make
 
@@ -73,9 +80,10 @@ def run(coro) -> None:
     asyncio.run(coro)
 
 
-def test_two_sessions_stream_concurrently(make_app):
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_two_sessions_stream_concurrently(make_app, engine):
     async def scenario():
-        app = make_app(max_tokens=200)
+        app = make_app(max_tokens=200, engine=engine)
         async with app.run_test(size=(160, 50)) as pilot:
             await pilot.press("ctrl+n")
             await focus_session(pilot, 1)
@@ -111,9 +119,11 @@ def test_two_sessions_stream_concurrently(make_app):
     run(scenario())
 
 
-def test_escape_stops_generation_and_frees_blocks(make_app):
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_escape_stops_generation_and_frees_blocks(make_app, engine):
     async def scenario():
-        app = make_app(max_tokens=2000, num_blocks=160, max_model_len=2048)  # far longer than the test waits
+        # max_tokens far longer than the test waits
+        app = make_app(max_tokens=2000, num_blocks=160, max_model_len=2048, engine=engine)
         async with app.run_test(size=(160, 50)) as pilot:
             await send(pilot, "a long answer please")
             session = app.sessions[1]
@@ -163,9 +173,10 @@ def test_policy_switch_takes_effect(make_app):
     run(scenario())
 
 
-def test_benchmark_screen_runs_a_workload_while_chat_works(make_app):
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_benchmark_screen_runs_a_workload_while_chat_works(make_app, engine):
     async def scenario():
-        app = make_app(max_tokens=6, num_blocks=128)
+        app = make_app(max_tokens=6, num_blocks=128, engine=engine)
         async with app.run_test(size=(160, 50)) as pilot:
             await pilot.press("f5")
             screen = app.screen
