@@ -76,7 +76,7 @@ class Scheduler:
         dropped out) or None. Block hashes of blocks the next step fills are committed once the tokens
         are known (LLMEngine), as no other request can be admitted in between.
         """
-        if self.waiting or self.policy not in POLICIES:
+        if self.waiting:
             return None
         running = SequenceStatus.RUNNING
         live = [(i, seq) for i, (seq, _) in enumerate(items) if seq.status == running]
