@@ -4,8 +4,6 @@ The engine is single-threaded and knows nothing of streaming or UIs; engine.serv
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 import traceback
 
@@ -20,6 +18,7 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence, SequenceStatus
 from engine.stats import CACHED, FREE, SHARED, USED, BlockMap, EngineStats, StepStats
+from engine.tokenizer import eos_token_ids, load_tokenizer
 from engine.tp import EngineDeadError
 
 
@@ -31,8 +30,8 @@ class LLMEngine:
         if max_pos:
             config.max_model_len = min(config.max_model_len, max_pos)
         self.config = config
-        self.tokenizer = _load_tokenizer(config.model)
-        config.eos_token_ids = _eos_ids(config.model, config.hf_config, self.tokenizer)
+        self.tokenizer = load_tokenizer(config.model)
+        config.eos_token_ids = eos_token_ids(config.model, config.hf_config, self.tokenizer)
         self.model_runner = self._make_runner(config)
         if config.async_scheduling is None:
             config.async_scheduling = self.model_runner.device.type == "cuda"
@@ -336,36 +335,3 @@ class LLMEngine:
     def set_scheduling_policy(self, policy: str) -> None:
         self.scheduler.set_policy(policy)
         self.config.scheduling_policy = policy
-
-
-def _load_tokenizer(model_dir: str):
-    from transformers import AutoTokenizer
-
-    from engine.loader import ModelLoadError
-    try:
-        return AutoTokenizer.from_pretrained(model_dir)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load a tokenizer from {model_dir!r} ({type(exc).__name__}: {exc}); "
-                             "the model directory needs tokenizer.json or tokenizer files") from exc
-
-
-def _eos_ids(model_dir: str, hf_config, tokenizer) -> tuple[int, ...]:
-    ids: set[int] = set()
-
-    def add(value) -> None:
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(v for v in value if isinstance(v, int))
-
-    path = os.path.join(model_dir, "generation_config.json")
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                add(json.load(f).get("eos_token_id"))
-        except (OSError, json.JSONDecodeError):
-            pass
-    if not ids:
-        add(getattr(hf_config, "eos_token_id", None))
-        add(tokenizer.eos_token_id)
-    return tuple(sorted(ids))

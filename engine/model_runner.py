@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from engine.config import Config
 from engine.cuda_graph import GRAPH_BACKENDS, MIXED_GRAPH_BACKENDS, CUDAGraphRunner
+from engine.devices import resolve_device, resolve_dtype
 from engine.input_builder import InputBuilder
 from engine.loader import load_model
 from engine.sampling_params import SamplingParams
@@ -52,31 +53,6 @@ class PendingStep:
     tokens: torch.Tensor | None  # device, one per sampled row in row order; -1 = non-finite logits
     host: torch.Tensor | None = None  # pinned copy (CUDA), valid once `ready` has happened
     ready: torch.cuda.Event | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is visible; use --device cpu")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise ValueError(f"device {name!r} is not supported; use auto, cpu or cuda")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str | None, device: torch.device, hf_config) -> torch.dtype:
-    if name is None:
-        if device.type == "cpu":
-            return torch.float32
-        cfg = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
-        if isinstance(cfg, str):
-            cfg = getattr(torch, cfg, None)
-        return cfg if cfg in (torch.float16, torch.bfloat16) else torch.bfloat16
-    dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"dtype {name!r} is not supported; use float32, bfloat16 or float16")
-    return dtypes[name]
 
 
 class ModelRunner:

@@ -27,7 +27,8 @@ from typing import Any
 
 from engine.chat import template_has_reasoning
 from engine.config import POLICIES
-from engine.llm_engine import LLMEngine, _load_tokenizer
+from engine.llm_engine import LLMEngine
+from engine.tokenizer import load_tokenizer
 from engine.outputs import RequestOutput
 from engine.process_child import child_main
 from engine.process_protocol import ChildOptions, EngineSnapshot, Update, rebuild_exception
@@ -104,7 +105,7 @@ class ProcessEngineService(ObservedService):
             self, _stop_child, args=(self._proc, self._conn, self._lock, 5.0), exitpriority=10)
         try:
             snapshot = self._wait_ready()
-            tokenizer = _load_tokenizer(snapshot.config.model)
+            tokenizer = load_tokenizer(snapshot.config.model)
         except BaseException:  # a start-up error, or Ctrl+C while loading: the child has nothing worth waiting for
             self._finalizer.cancel()
             _stop_child(self._proc, self._conn, self._lock, 0.0)

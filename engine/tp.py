@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 
 from engine.config import Config
-from engine.model_runner import ModelRunner, resolve_device
+from engine.devices import resolve_device
+from engine.model_runner import ModelRunner
 from engine.tp_channel import ALIGN, StepChannel
 from engine.tp_worker import worker_main
 

@@ -108,7 +108,7 @@ def make_engine(**kwargs) -> FakeEngine:
     """A FakeEngine; the demo model's config and tokenizer are reused so building one takes microseconds."""
     model_dir, hf_config, tokenizer = _model_parts()
     with mock.patch.object(llm_engine, "load_hf_config", lambda d: hf_config), \
-            mock.patch.object(llm_engine, "_load_tokenizer", lambda d: tokenizer):
+            mock.patch.object(llm_engine, "load_tokenizer", lambda d: tokenizer):
         return FakeEngine(model_dir, **kwargs)
 
 

@@ -60,7 +60,7 @@ def run(ns) -> dict[str, Any]:
 
     from engine import LLM
     from engine.loader import load_hf_config
-    from engine.model_runner import resolve_device, resolve_dtype
+    from engine.devices import resolve_device, resolve_dtype
     from nanovllm_tui.bench.compare_hf import HFSettings, free_memory
     from nanovllm_tui.bench.floor import model_shape, workload_floor
     from nanovllm_tui.bench.model_source import resolve_model
