@@ -38,7 +38,7 @@ from engine.sampling_params import SamplingParams
 from engine.service import _SHUTDOWN, Prompt, prepare_request
 from engine.step_observers import ObservedService, ServiceEvent, StepObservers
 from engine.stats import EngineStats
-from engine.tp import _describe_exit
+from engine.tp_group import describe_exit
 
 
 class EngineProxy:
@@ -129,7 +129,7 @@ class ProcessEngineService(ObservedService):
             kind, payload = self._conn.recv()
         except (EOFError, OSError):
             self._proc.join(2.0)
-            raise RuntimeError(f"the engine process exited while starting ({_describe_exit(self._proc.exitcode)})"
+            raise RuntimeError(f"the engine process exited while starting ({describe_exit(self._proc.exitcode)})"
                                ) from None
         if kind == "init_error":
             raise rebuild_exception(payload)
@@ -269,7 +269,7 @@ class ProcessEngineService(ObservedService):
             return
         if not self._stopping:
             self._proc.join(1.0)
-            self._on_fatal(f"the engine process exited unexpectedly ({_describe_exit(self._proc.exitcode)})")
+            self._on_fatal(f"the engine process exited unexpectedly ({describe_exit(self._proc.exitcode)})")
 
     def _apply(self, up: Update) -> None:
         """Hand one batch to the handles, the stats ring and the listeners (as EngineService._publish does)."""

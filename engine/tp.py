@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import datetime
 import multiprocessing as mp
-import multiprocessing.connection as mpc
 import os
-import signal
-import threading
-import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,16 +22,11 @@ from engine.config import Config
 from engine.devices import resolve_device
 from engine.model_runner import ModelRunner
 from engine.tp_channel import ALIGN, StepChannel
+from engine.tp_group import EngineDeadError, WorkerGroup
 from engine.tp_worker import worker_main
 
 COLLECTIVE_TIMEOUT_S = 120.0  # last resort only: a dead worker is noticed within a second by its process sentinel
 STARTUP_TIMEOUT_S = 300.0  # workers load their shard of the weights in this time
-JOIN_TIMEOUT_S = 3.0
-DESTROY_TIMEOUT_S = 10.0
-
-
-class EngineDeadError(RuntimeError):
-    """The tensor-parallel group broke (a worker died, or a step failed part-way); the engine has stopped."""
 
 
 def valid_tp_sizes(hf_config: Any, limit: int = 64) -> list[int]:
@@ -82,155 +72,6 @@ def _channel_bytes(config: Config) -> int:
     return 2 * (8 * (3 * tokens + 3 * seqs + 1) + 4 * seqs * (width + 1)) + 32 * ALIGN
 
 
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-def _destroy_group(procs: list) -> None:
-    """destroy_process_group on a helper thread; abort the group if it has not finished in time."""
-    def destroy() -> None:
-        try:
-            dist.destroy_process_group()
-        except Exception:  # a broken group (dead peer) may refuse a clean teardown; it is gone either way
-            pass
-
-    t = threading.Thread(target=destroy, name="tp-destroy", daemon=True)
-    t.start()
-    t.join(DESTROY_TIMEOUT_S)
-    if t.is_alive():
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
-        if abort is not None:
-            try:
-                abort()
-            except Exception:
-                pass
-        t.join(DESTROY_TIMEOUT_S)
-
-
-class _WorkerGroup:
-    """The worker processes, their pipes and the step channel; close() is idempotent and safe at exit."""
-
-    def __init__(self, procs: list, conns: list, channel: StepChannel, backend: str):
-        self.procs, self.conns, self.channel, self.backend = procs, conns, channel, backend
-        self.closed = False
-        self.pg_ours = False
-        self.reason: str | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        self._watchdog: threading.Thread | None = None
-        self.release: Callable[[], None] | None = None  # rank 0's graph release, run before the teardown
-
-    def start_watchdog(self) -> None:
-        self._watchdog = threading.Thread(target=self._watch, name="tp-watchdog", daemon=True)
-        self._watchdog.start()
-
-    def _watch(self) -> None:
-        """Notice a dead worker at once; on NCCL abort the group so rank 0 is not stuck in a collective forever."""
-        mpc.wait([p.sentinel for p in self.procs] + [self._wake_r])
-        if self.closed:
-            return
-        self.reason = self.death_reason()
-        if self.backend == "nccl":
-            abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
-            if abort is not None:
-                try:
-                    abort()
-                except Exception:  # best effort: the step will still fail on the collective timeout
-                    pass
-
-    def death_reason(self, wait_s: float = 0.0) -> str | None:
-        """'worker rank R died (how): its last error' for the first dead worker, waiting up to wait_s for one."""
-        deadline = time.monotonic() + wait_s
-        while True:
-            for rank, (proc, conn) in enumerate(zip(self.procs, self.conns), start=1):
-                if proc.exitcode is None:
-                    continue
-                message = ""
-                try:
-                    while conn.poll(0):
-                        kind, payload = conn.recv()
-                        if kind == "error":
-                            message = ": " + payload.strip().splitlines()[-1]
-                except (EOFError, OSError):
-                    pass
-                return f"tensor-parallel worker rank {rank} died ({_describe_exit(proc.exitcode)}){message}"
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.05)
-
-    def wait_for(self, kind: str, timeout_s: float) -> list[Any]:
-        """Each worker's next message of `kind` (start-up handshake); raises if a worker dies or reports an error."""
-        results: list[Any] = [None] * len(self.procs)
-        pending = set(range(len(self.procs)))
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise EngineDeadError(f"tensor-parallel workers did not start within {timeout_s:.0f} s")
-            ready = mpc.wait([self.conns[i] for i in pending] + [self.procs[i].sentinel for i in pending], left)
-            for i in list(pending):
-                if self.conns[i] in ready or self.conns[i].poll(0):
-                    try:
-                        got, payload = self.conns[i].recv()
-                    except EOFError:
-                        got, payload = "error", "the worker exited"
-                    if got == "error":
-                        raise EngineDeadError(f"tensor-parallel worker rank {i + 1} failed to start: "
-                                              f"{payload.strip().splitlines()[-1]}")
-                    if got == kind:
-                        results[i] = payload
-                        pending.discard(i)
-                elif self.procs[i].sentinel in ready:
-                    raise EngineDeadError(self.death_reason(wait_s=0.5) or f"tensor-parallel worker rank {i + 1} died")
-        return results
-
-    def close(self) -> None:
-        """Tell workers to exit and tear the process group down on every rank at once, then reap the workers.
-
-        The teardown is concurrent (rank 0 destroys its group while the workers destroy theirs): with CUDA
-        graphs that captured NCCL collectives, destroying one rank's communicator waits for its peers, so
-        destroying it only after the workers were gone hung (2xH200). A teardown that still hangs (a dead
-        peer) is aborted after DESTROY_TIMEOUT_S.
-        """
-        if self.closed:
-            return
-        self.closed = True
-        os.write(self._wake_w, b"x")
-        if any(p.is_alive() for p in self.procs):
-            try:
-                self.channel.send_exit()
-            except Exception:
-                pass
-        if self.release is not None:
-            try:
-                self.release()
-            except Exception:  # a broken device: the teardown below still has to run
-                pass
-        if self.pg_ours and dist.is_initialized():
-            _destroy_group(self.procs)
-        deadline = time.monotonic() + JOIN_TIMEOUT_S
-        for p in self.procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        for p in self.procs:
-            if p.is_alive():
-                p.kill()
-                p.join(1.0)
-        self.channel.close()
-        for c in self.conns:
-            c.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-
 class TPModelRunner:
     """Rank 0 of a tensor-parallel group, with ModelRunner's interface (prepare / execute / sample / run)."""
 
@@ -255,7 +96,7 @@ class TPModelRunner:
             child_conn.close()
             procs.append(p)
             conns.append(parent_conn)
-        self.group = _WorkerGroup(procs, conns, channel, backend)
+        self.group = WorkerGroup(procs, conns, channel, backend)
         self._finalizer = weakref.finalize(self, self.group.close)  # also runs at interpreter exit
         self.channel = channel
         self.tensor_parallel_size = n

@@ -98,7 +98,7 @@ def worker_main(config, rank: int, world_size: int, backend: str, store_port: in
 
             if runner is not None and code == 0:
                 runner.release_cuda_graphs()
-            if dist.is_initialized() and code == 0:  # rank 0 tears down at the same time (see _WorkerGroup.close)
+            if dist.is_initialized() and code == 0:  # rank 0 tears down at the same time (see engine.tp_group.WorkerGroup.close)
                 dist.destroy_process_group()
         except Exception:  # the group may already be broken by a dead peer; we are leaving anyway
             pass
