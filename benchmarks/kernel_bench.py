@@ -32,22 +32,31 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() / ms / 1e6
 
 
-def decode_case(batch: int, context: int, block_size: int):
-    """q, caches and shuffled block tables for `batch` sequences of `context` tokens each."""
-    blocks_per_seq = triton.cdiv(context, block_size)
-    num_blocks = batch * blocks_per_seq
+def decode_case(batch: int, context: int | list[int], block_size: int, table_tokens: int = 0):
+    """q, caches and shuffled block tables for `batch` sequences of `context` tokens each (or of the listed
+    lengths); tables are at least table_tokens wide (a CUDA graph's tables span max_model_len)."""
+    lens = context if isinstance(context, list) else [context] * batch
+    need = [triton.cdiv(c, block_size) for c in lens]
+    width = max(max(need), triton.cdiv(table_tokens, block_size))
+    num_blocks = sum(need)
     shape = (num_blocks, block_size, NUM_KV_HEADS, HEAD_DIM)
     k_cache = torch.randn(shape, dtype=DTYPE, device="cuda")
     v_cache = torch.randn(shape, dtype=DTYPE, device="cuda")
-    tables = torch.randperm(num_blocks, device="cuda").to(torch.int32).view(batch, blocks_per_seq)
-    ctx = torch.full((batch,), context, dtype=torch.int32, device="cuda")
+    perm = torch.randperm(num_blocks, device="cuda").to(torch.int32)
+    tables = torch.zeros(batch, width, dtype=torch.int32, device="cuda")
+    used = 0
+    for b, n in enumerate(need):
+        tables[b, :n] = perm[used:used + n]
+        used += n
+    ctx = torch.tensor(lens, dtype=torch.int32, device="cuda")
     q = torch.randn(batch, NUM_HEADS, HEAD_DIM, dtype=DTYPE, device="cuda")
     return q, k_cache, v_cache, ctx, tables
 
 
-def decode_bytes(batch: int, context: int) -> int:
+def decode_bytes(batch: int, context: int | list[int]) -> int:
     """K and V actually read plus q read and out written."""
-    kv = 2 * batch * context * NUM_KV_HEADS * HEAD_DIM * DTYPE.itemsize
+    tokens = sum(context) if isinstance(context, list) else batch * context
+    kv = 2 * tokens * NUM_KV_HEADS * HEAD_DIM * DTYPE.itemsize
     return kv + 2 * batch * NUM_HEADS * HEAD_DIM * DTYPE.itemsize
 
 
@@ -56,11 +65,33 @@ def run_decode(copy_gbs: float) -> None:
     print(f"{'batch':>6} {'context':>8} {'block':>6} {'splits':>6} {'time us':>9} {'GB/s':>7} {'of copy':>8}")
     for batch, context, block_size in DECODE_CASES:
         q, k_cache, v_cache, ctx, tables = decode_case(batch, context, block_size)
-        splits = triton_decode.choose_num_splits(batch, NUM_KV_HEADS, tables.shape[1], block_size,
-                                                 triton_decode._num_sms(0))
+        splits = triton_decode.choose_num_splits(tables.shape[1], block_size)
         ms = bench_ms(lambda: triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, HEAD_DIM ** -0.5))
         gbs = decode_bytes(batch, context) / ms / 1e6
         print(f"{batch:>6} {context:>8} {block_size:>6} {splits:>6} {ms * 1e3:>9.1f} {gbs:>7.0f} {gbs / copy_gbs:>8.1%}")
+        del q, k_cache, v_cache
+
+
+def run_ragged(copy_gbs: float) -> None:
+    """Mixed context lengths, as in a serving batch (the offline workload's 100..2048 tokens), with tables as wide
+    as a 4096-token CUDA graph's: the previous split rule (splits only for small batches) against slicing every
+    context into min-split-token pieces."""
+    import random
+    rng = random.Random(0)
+    num_sms = triton_decode._num_sms(0)
+    print("\nDecode attention, ragged contexts uniform in [100, 2048], tables 4096 tokens wide, block 256")
+    print(f"{'batch':>6} {'rule':>16} {'splits':>6} {'time us':>9} {'GB/s':>7} {'of copy':>8}")
+    for batch in (256, 128, 64, 16, 4):
+        lens = [rng.randint(100, 2048) for _ in range(batch)]
+        q, k_cache, v_cache, ctx, tables = decode_case(batch, lens, 256, table_tokens=4096)
+        rules = [("parallel (old)", triton_decode.parallel_num_splits(batch, NUM_KV_HEADS, tables.shape[1], 256,
+                                                                      num_sms), 256)]
+        rules += [(f"min {m} tokens", triton_decode.choose_num_splits(tables.shape[1], 256, m), m) for m in (256, 512)]
+        for name, splits, min_split in rules:
+            ms = bench_ms(lambda: triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, 0.1,
+                                                                       num_splits=splits, min_split_tokens=min_split))
+            gbs = decode_bytes(batch, lens) / ms / 1e6
+            print(f"{batch:>6} {name:>16} {splits:>6} {ms * 1e3:>9.1f} {gbs:>7.0f} {gbs / copy_gbs:>8.1%}")
         del q, k_cache, v_cache
 
 
@@ -121,8 +152,7 @@ def sweep(copy_gbs: float, seconds: float) -> None:
     default_config = triton_decode._config
     for batch, context, block_size in DECODE_CASES:
         q, k_cache, v_cache, ctx, tables = decode_case(batch, context, block_size)
-        base = triton_decode.choose_num_splits(batch, NUM_KV_HEADS, tables.shape[1], block_size,
-                                               triton_decode._num_sms(0))
+        base = triton_decode.choose_num_splits(tables.shape[1], block_size)
         for block_n, warps, stages, splits in itertools.product((32, 64, 128), (4,), (2, 3, 4), sorted({base, 2 * base})):
             if time.monotonic() > deadline:
                 break
@@ -148,6 +178,7 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     copy_gbs = copy_bandwidth()
     run_decode(copy_gbs)
+    run_ragged(copy_gbs)
     print("\nPrefill attention: 16 x 1024-token prompts, paged, no prefix, vs SDPA flash (causal, same data)")
     print(f"{'block':>6} {'triton us':>10} {'sdpa us':>10} {'ratio':>8} {'TFLOP/s':>8} {'sdpa':>8} {'max err':>9}")
     for block_size in (256, 16):

@@ -24,6 +24,10 @@ class Config:
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     scheduling_policy: str = "mixed"
+    # mixed policy: prompt tokens in a step that also carries decodes. A prompt chunk lengthens that step for
+    # every running request, so this bounds the inter-token-latency spike a new prompt causes. 0 = no cap
+    # beyond max_num_batched_tokens.
+    mixed_prefill_tokens: int = 2048
     enforce_eager: bool = False
     compile_small_ops: bool = True  # torch.compile RMSNorm / SiLU-and-mul / rotary on CUDA (CPU stays eager)
     # Pipelined decoding: launch the next decode step before the current one's tokens are back. None = on
@@ -44,6 +48,8 @@ class Config:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.mixed_prefill_tokens < 0:
+            raise ValueError(f"mixed_prefill_tokens={self.mixed_prefill_tokens} must be >= 0 (0 = no cap)")
         if self.scheduling_policy not in POLICIES:
             raise ValueError(f"scheduling_policy={self.scheduling_policy!r}; choose one of {', '.join(POLICIES)}")
         if self.num_kvcache_blocks is not None and self.num_kvcache_blocks < 1:

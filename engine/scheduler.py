@@ -2,7 +2,9 @@
 
 Two policies, switchable at run time:
 - "mixed" (vLLM V1): one token budget per step; running requests first (decodes and unfinished
-  chunks), then new requests, any of which may be chunked to fit the budget.
+  chunks), then new requests, any of which may be chunked to fit the budget. While requests are
+  decoding, prompts get at most `mixed_prefill_tokens` of a step, so a new prompt delays the others'
+  next tokens by a bounded amount (the inter-token latency spike).
 - "prefill_first" (nano-vllm): a step of prefills (chunks) whenever one can be scheduled, else a
   step of decodes.
 When blocks run out, the newest running request is preempted by recompute: it frees its blocks,
@@ -34,11 +36,12 @@ class ScheduledBatch:
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 policy: str = "mixed"):
+                 policy: str = "mixed", mixed_prefill_tokens: int = 0):
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.policy = policy
+        self.mixed_prefill_tokens = mixed_prefill_tokens  # 0 = prompts may use the whole budget
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -60,10 +63,18 @@ class Scheduler:
             if not batch.items:
                 self._schedule_running(batch, self.max_num_batched_tokens, decodes_only=True)
         else:
-            budget = self._schedule_running(batch, self.max_num_batched_tokens, decodes_only=False)
+            budget = prompt_budget = self.max_num_batched_tokens
+            if self.mixed_prefill_tokens and self._any_decoding():
+                prompt_budget = min(budget, self.mixed_prefill_tokens)
+            budget, prompt_budget = self._schedule_running(batch, budget, decodes_only=False,
+                                                           prompt_budget=prompt_budget)
             if not batch.preempted:
-                self._schedule_waiting(batch, budget)
+                self._schedule_waiting(batch, min(budget, prompt_budget))
         return batch
+
+    def _any_decoding(self) -> bool:
+        """Does a running request decode this step? (Usually the first one does, so this is cheap.)"""
+        return any(len(seq.token_ids) - seq.num_computed_tokens == 1 for seq in self.running)
 
     def schedule_ahead(self, items: list[tuple[Sequence, int]], max_model_len: int
                        ) -> tuple[list[tuple[Sequence, int]], list[int] | None] | None:
@@ -100,8 +111,14 @@ class Scheduler:
         batch.items.append((seq, n))
         self.block_manager.commit_full_blocks(seq, seq.num_computed_tokens + n)
 
-    def _schedule_running(self, batch: ScheduledBatch, budget: int, decodes_only: bool) -> int:
-        """Give running requests their next tokens, oldest first, preempting the newest when blocks run out."""
+    def _schedule_running(self, batch: ScheduledBatch, budget: int, decodes_only: bool,
+                          prompt_budget: int | None = None) -> tuple[int, int]:
+        """Give running requests their next tokens, oldest first, preempting the newest when blocks run out.
+
+        Unfinished prompts take at most prompt_budget tokens in all. Returns (budget, prompt_budget) left.
+        """
+        if prompt_budget is None:
+            prompt_budget = budget
         bm = self.block_manager
         bs = bm.block_size
         running = self.running
@@ -112,10 +129,14 @@ class Scheduler:
             seq = running[i]
             computed = seq.num_computed_tokens
             uncomputed = len(seq.token_ids) - computed
-            if decodes_only and uncomputed > 1:
-                i += 1
-                continue
-            n = uncomputed if uncomputed < budget else budget
+            if uncomputed > 1:
+                if decodes_only or prompt_budget <= 0:
+                    i += 1
+                    continue
+                n = min(uncomputed, budget, prompt_budget)
+                prompt_budget -= n
+            else:
+                n = uncomputed
             end = computed + n
             if end > len(seq.block_table) * bs:
                 while not bm.allocate_slots(seq, n):
@@ -123,13 +144,13 @@ class Scheduler:
                     count -= 1
                     self._preempt(victim, batch)
                     if victim is seq:
-                        return budget
+                        return budget, prompt_budget
             append((seq, n))
             if end // bs > seq.num_committed_blocks:
                 bm.commit_full_blocks(seq, end)
             budget -= n
             i += 1
-        return budget
+        return budget, prompt_budget
 
     def _schedule_prefills(self, batch: ScheduledBatch, budget: int) -> None:
         """prefill_first: unfinished chunks of running requests, then new ones; no preemption needed to admit."""

@@ -28,15 +28,15 @@ class TritonBackend:
         # GQA group; in the prefill kernel a one-query row would waste a whole query tile per head.
         out = torch.empty_like(q)
         if meta.graph_rows:
-            paged_decode_attention(q, k_cache, v_cache, meta.context_lens, meta.block_tables, scale, num_splits=1,
-                                   out=out, row_limit=meta.num_decode_dev)
+            paged_decode_attention(q, k_cache, v_cache, meta.context_lens, meta.block_tables, scale, out=out,
+                                   row_limit=meta.num_decode_dev)
             return paged_prefill_attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.context_lens,
                                            meta.block_tables, scale, meta.max_seqlen_q, out=out,
                                            first_row=meta.num_decode_dev)
         d = meta.num_decode_rows
         if d:
             paged_decode_attention(q[:d], k_cache, v_cache, meta.context_lens[:d], meta.block_tables[:d], scale,
-                                   num_splits=1, out=out[:d])
+                                   out=out[:d])
         if d < meta.context_lens.shape[0]:
             paged_prefill_attention(q, k_cache, v_cache, meta.cu_seqlens_q[d:], meta.context_lens[d:],
                                     meta.block_tables[d:], scale, meta.max_seqlen_q, out=out)

@@ -21,12 +21,15 @@ def _decode_split_kernel(
     stride_qb, stride_qh, stride_ob, stride_oh,
     stride_cb, stride_co, stride_ch, stride_tb,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, LIMIT_ROWS: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLIT_MIN: tl.constexpr, PRECISION: tl.constexpr,
+    LIMIT_ROWS: tl.constexpr,
 ):
     """One program per (sequence, kv head, split): the whole GQA group attends to one slice of the context.
 
-    Slices are sized from the sequence's own context length (read on device), so the grid depends only
-    on shapes while short and long sequences both spread over every split.
+    Slices are sized from the sequence's own context length (read on device): ctx / NUM_SPLITS, but at
+    least SPLIT_MIN tokens. With NUM_SPLITS sized for the longest possible context, every program then
+    covers at most ~SPLIT_MIN tokens, so a batch of mixed lengths has no long programs left to run alone
+    at the end (the wave tail); splits past the context exit at once and write nothing.
     """
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -35,8 +38,10 @@ def _decode_split_kernel(
         if seq >= tl.load(row_limit_ptr):
             return
     context_len = tl.load(context_lens_ptr + seq)
-    per_split = tl.cdiv(tl.cdiv(context_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    per_split = tl.maximum(tl.cdiv(tl.cdiv(context_len, NUM_SPLITS), BLOCK_N) * BLOCK_N, SPLIT_MIN)
     lo = split * per_split
+    if split > 0 and lo >= context_len:  # split 0 always writes, so an empty context still yields zeros
+        return
     hi = tl.minimum(lo + per_split, context_len)
     table_row = block_tables_ptr + seq.to(tl.int64) * stride_tb
 
@@ -89,8 +94,9 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_reduce_kernel(
-    mid_o_ptr, mid_lse_ptr, out_ptr, row_limit_ptr, stride_ob, stride_oh,
-    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, LIMIT_ROWS: tl.constexpr,
+    mid_o_ptr, mid_lse_ptr, out_ptr, context_lens_ptr, row_limit_ptr, stride_ob, stride_oh,
+    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT_MIN: tl.constexpr, LIMIT_ROWS: tl.constexpr,
 ):
     """One program per (sequence, query head): combine the splits' partial outputs by their log-sum-exp."""
     seq = tl.program_id(0)
@@ -98,15 +104,20 @@ def _decode_reduce_kernel(
     if LIMIT_ROWS:
         if seq >= tl.load(row_limit_ptr):
             return
+    # The same slicing as the split kernel: only the splits that held keys wrote anything.
+    context_len = tl.load(context_lens_ptr + seq)
+    per_split = tl.maximum(tl.cdiv(tl.cdiv(context_len, NUM_SPLITS), BLOCK_N) * BLOCK_N, SPLIT_MIN)
+    written = tl.maximum(tl.cdiv(context_len, per_split), 1)
     row = seq.to(tl.int64) * tl.num_programs(1) + head
     s = tl.arange(0, SPLITS_PAD)
     dims = tl.arange(0, HEAD_DIM)
-    lse = tl.load(mid_lse_ptr + row * NUM_SPLITS + s, mask=s < NUM_SPLITS, other=float("-inf"))
+    s_ok = s < written
+    lse = tl.load(mid_lse_ptr + row * NUM_SPLITS + s, mask=s_ok, other=float("-inf"))
     m = tl.max(lse, 0)
     m = tl.where(m == float("-inf"), 0.0, m)  # context 0: every weight is 0, output 0
     w = tl.math.exp2(lse - m)
     o = tl.load(mid_o_ptr + (row * NUM_SPLITS + s)[:, None] * HEAD_DIM + dims[None, :],
-                mask=(s < NUM_SPLITS)[:, None], other=0.0)
+                mask=s_ok[:, None], other=0.0)
     total = tl.sum(w, 0)
     out = tl.sum(o * w[:, None], 0) / tl.where(total > 0, total, 1.0)
     tl.store(out_ptr + seq.to(tl.int64) * stride_ob + head * stride_oh + dims,
@@ -118,10 +129,16 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size: int, num_sms: int) -> int:
-    """Splits per sequence from shapes only: enough programs for ~4 per SM, but no split under MIN_SPLIT_TOKENS."""
-    programs = batch * num_kv_heads
-    wanted = triton.cdiv(4 * num_sms, programs)
+def choose_num_splits(max_blocks: int, block_size: int, min_split_tokens: int = MIN_SPLIT_TOKENS) -> int:
+    """Splits per sequence from the block-table width only (so a CUDA graph fixes it): enough that the
+    longest context it can hold is cut into min_split_tokens slices, at most MAX_SPLITS."""
+    return max(1, min(triton.cdiv(max_blocks * block_size, min_split_tokens), MAX_SPLITS))
+
+
+def parallel_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size: int, num_sms: int) -> int:
+    """The previous rule, kept for the kernel benchmark's comparison: splits only when the batch alone
+    gives fewer than ~4 programs per SM, so every program of a large batch covers its whole context."""
+    wanted = triton.cdiv(4 * num_sms, batch * num_kv_heads)
     by_length = max(1, max_blocks * block_size // MIN_SPLIT_TOKENS)
     return max(1, min(wanted, by_length, MAX_SPLITS))
 
@@ -139,7 +156,8 @@ def _config(q: torch.Tensor, head_dim: int, block_size: int) -> tuple[int, int, 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            context_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
                            num_splits: int | None = None, out: torch.Tensor | None = None,
-                           row_limit: torch.Tensor | None = None) -> torch.Tensor:
+                           row_limit: torch.Tensor | None = None,
+                           min_split_tokens: int = MIN_SPLIT_TOKENS) -> torch.Tensor:
     """One query per sequence, q [B, Hq, D], over context_lens[b] cached tokens; no host syncs.
 
     row_limit (a device scalar): only rows below it are decodes; the rest are skipped, their output
@@ -156,10 +174,11 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if batch == 0:
         return out
     group = num_heads // num_kv_heads
-    if num_splits is None:
-        num_sms = _num_sms(q.device.index or 0) if q.is_cuda else 4
-        num_splits = choose_num_splits(batch, num_kv_heads, block_tables.shape[1], block_size, num_sms)
     block_n, num_warps, num_stages = _config(q, head_dim, block_size)
+    if min_split_tokens % block_n:
+        raise ValueError(f"min_split_tokens={min_split_tokens} must be a multiple of the kernel tile ({block_n})")
+    if num_splits is None:
+        num_splits = choose_num_splits(block_tables.shape[1], block_size, min_split_tokens)
     # Scratch is allocated per call: inside CUDA-graph capture it comes from the graph's private pool.
     if num_splits > 1:
         mid_o = torch.empty(batch, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
@@ -173,14 +192,15 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size,
-        HEAD_DIM=head_dim, BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        HEAD_DIM=head_dim, BLOCK_N=block_n, NUM_SPLITS=num_splits, SPLIT_MIN=min_split_tokens,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", LIMIT_ROWS=row_limit is not None,
         num_warps=num_warps, num_stages=num_stages,
     )
     if num_splits > 1:
         _decode_reduce_kernel[(batch, num_heads)](
-            mid_o, mid_lse, out, context_lens if row_limit is None else row_limit, out.stride(0), out.stride(1),
+            mid_o, mid_lse, out, context_lens, context_lens if row_limit is None else row_limit,
+            out.stride(0), out.stride(1),
             HEAD_DIM=head_dim, NUM_SPLITS=num_splits, SPLITS_PAD=triton.next_power_of_2(num_splits),
-            LIMIT_ROWS=row_limit is not None,
+            BLOCK_N=block_n, SPLIT_MIN=min_split_tokens, LIMIT_ROWS=row_limit is not None,
         )
     return out

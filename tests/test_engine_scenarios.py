@@ -137,3 +137,31 @@ def test_oversize_request_errors_while_others_finish(model_dir):
     assert outs[0]["finish_reason"] == outs[2]["finish_reason"] == "length"
     assert len(outs[0]["token_ids"]) == len(outs[2]["token_ids"]) == 4
     check_clean(llm)
+
+
+def test_mixed_prefill_cap_bounds_prompt_tokens_beside_decodes(model_dir):
+    """mixed policy: a step that carries decodes gives prompts at most mixed_prefill_tokens; a step without
+    decodes may use the whole budget; the capped run produces the same greedy tokens as an uncapped one."""
+    prompts = [_ids(30, 50), _ids(100, 51), _ids(90, 52)]
+    sp = SamplingParams(temperature=0, max_tokens=12)
+    results = {}
+    for cap in (0, 24):
+        llm = _llm(model_dir, max_num_batched_tokens=64, mixed_prefill_tokens=cap)
+        engine = llm
+        first = engine.add_request(prompts[0], sp, detokenize=False)
+        steps = []
+        while engine.has_unfinished_requests():
+            if first.num_completion_tokens == 2 and len(engine.requests) == 1:  # prompts arrive mid-decode
+                later = [engine.add_request(p, sp, detokenize=False) for p in prompts[1:]]
+            engine.step()
+            steps.append(engine.last_step)
+        results[cap] = [first.completion_token_ids] + [s.completion_token_ids for s in later]
+        beside = [s.num_prefill_tokens for s in steps if s.num_decode_tokens]
+        alone = [s.num_prefill_tokens for s in steps if not s.num_decode_tokens]
+        if cap:
+            assert beside and max(beside) <= cap, beside
+        else:
+            assert max(beside) > 24, beside  # uncapped: a new prompt takes what the budget leaves
+        assert max(alone) > 24, alone  # the first prompt, alone in its step, is not capped
+        check_clean(llm)
+    assert results[24] == results[0]

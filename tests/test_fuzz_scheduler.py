@@ -50,11 +50,12 @@ class EngineMachine(RuleBasedStateMachine):
 
     @initialize(num_blocks=st.sampled_from([1, 2, 3, 4, 5, 6, 8, 12]), budget=st.sampled_from([1, 2, 5, 16, 17, 33, 64]),
                 max_num_seqs=st.integers(1, 4), caching=st.sampled_from([True, True, False]),
-                policy=st.sampled_from(["mixed", "prefill_first"]), max_model_len=st.sampled_from([64, 100]))
-    def build(self, num_blocks, budget, max_num_seqs, caching, policy, max_model_len):
+                policy=st.sampled_from(["mixed", "prefill_first"]), max_model_len=st.sampled_from([64, 100]),
+                prompt_cap=st.sampled_from([0, 0, 1, 3, 16]))
+    def build(self, num_blocks, budget, max_num_seqs, caching, policy, max_model_len, prompt_cap):
         self.kwargs = dict(kvcache_block_size=BLOCK, num_kvcache_blocks=num_blocks, max_num_batched_tokens=budget,
                            max_num_seqs=max_num_seqs, enable_prefix_caching=caching, scheduling_policy=policy,
-                           max_model_len=max_model_len)
+                           max_model_len=max_model_len, mixed_prefill_tokens=prompt_cap)
         self.engine = make_engine(**self.kwargs)
 
     # -- rules ---------------------------------------------------------------------------------

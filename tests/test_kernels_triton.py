@@ -107,14 +107,17 @@ def test_prefill_tile_spanning_several_cache_blocks(gen, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("block_size,head_dim,num_kv_heads,group", SHAPES)
-@pytest.mark.parametrize("num_splits", [1, 3, None])
-def test_decode_very_different_lengths(block_size, head_dim, num_kv_heads, group, num_splits, gen):
+@pytest.mark.parametrize("num_splits,min_split", [(1, 256), (3, 256), (3, 16), (None, 16), (None, 32)])
+def test_decode_very_different_lengths(block_size, head_dim, num_kv_heads, group, num_splits, min_split, gen):
+    # min_split 16/32 at these lengths: long rows fill every split, short rows leave most splits empty
+    # (never written; the reduce must skip them).
     context_lens = [1, 70, 17, 33]
     k_cache, v_cache, tables = paged_cache(context_lens, block_size, num_kv_heads, head_dim, extra_cols=2, gen=gen)
     q = torch.randn(len(context_lens), num_kv_heads * group, head_dim, generator=gen)
     ctx = torch.tensor(context_lens, dtype=torch.int32)
     scale = head_dim ** -0.5
-    out = triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, scale, num_splits=num_splits)
+    out = triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, scale, num_splits=num_splits,
+                                               min_split_tokens=min_split)
     ref = torch_ref.paged_decode_attention(q.double(), clean(k_cache), clean(v_cache), ctx, tables, scale)
     assert out.dtype == q.dtype
     assert rel_err(out, ref) < 1e-5
@@ -126,8 +129,9 @@ def test_decode_padded_rows_give_zeros_not_nan(gen, monkeypatch) -> None:
     k_cache, v_cache, tables = paged_cache([40, 0, 23, 0], 16, 2, 16, gen=gen)
     q = torch.randn(4, 4, 16, generator=gen)
     ctx = torch.tensor([40, 0, 23, 0], dtype=torch.int32)
-    for splits in (1, 4):
-        out = triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, 0.25, num_splits=splits)
+    for splits, min_split in ((1, 256), (4, 256), (4, 32)):
+        out = triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, 0.25, num_splits=splits,
+                                                   min_split_tokens=min_split)
         assert torch.equal(out[[1, 3]], torch.zeros_like(out[[1, 3]]))
         real = torch.tensor([0, 2])
         ref = torch_ref.paged_decode_attention(q[real].double(), clean(k_cache), clean(v_cache), ctx[real],
@@ -135,11 +139,13 @@ def test_decode_padded_rows_give_zeros_not_nan(gen, monkeypatch) -> None:
         assert rel_err(out[real], ref) < 1e-5
 
 
-def test_num_splits_depends_on_shapes_only() -> None:
-    # Few long sequences fan out over many splits, big batches use one, short capacity never splits.
-    assert triton_decode.choose_num_splits(4, 8, 64, 256, 132) > 8
-    assert triton_decode.choose_num_splits(256, 8, 8, 256, 132) == 1
-    assert triton_decode.choose_num_splits(1, 8, 1, 16, 132) == 1
+def test_num_splits_depends_on_table_width_only() -> None:
+    # The longest context a table can hold is cut into MIN_SPLIT_TOKENS slices, capped at MAX_SPLITS.
+    assert triton_decode.MIN_SPLIT_TOKENS == 256
+    assert triton_decode.choose_num_splits(16, 256) == 16  # max_model_len 4096, block 256
+    assert triton_decode.choose_num_splits(64, 256) == triton_decode.MAX_SPLITS
+    assert triton_decode.choose_num_splits(1, 16) == 1
+    assert triton_decode.choose_num_splits(3, 16, min_split_tokens=16) == 3
 
 
 def test_backend_matches_torch_backend(gen) -> None:

@@ -14,7 +14,7 @@ ENGINE_FLAGS = {  # dest -> LLM(...) keyword
     "num_kvcache_blocks": "num_kvcache_blocks", "kv_cache_memory": "kv_cache_memory",
     "gpu_memory_utilization": "gpu_memory_utilization", "max_num_seqs": "max_num_seqs",
     "max_num_batched_tokens": "max_num_batched_tokens", "max_model_len": "max_model_len",
-    "policy": "scheduling_policy", "enforce_eager": "enforce_eager",
+    "policy": "scheduling_policy", "mixed_prefill_tokens": "mixed_prefill_tokens", "enforce_eager": "enforce_eager",
     "tensor_parallel_size": "tensor_parallel_size", "attention_backend": "attention_backend",
 }
 
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--policy", type=_policies, default=("mixed",), metavar="POLICY[,POLICY]",
                    help="scheduling policy: mixed | prefill_first; online mode takes a comma list and runs the "
                         "workload once per policy on the same engine (default mixed)")
+    e.add_argument("--mixed-prefill-tokens", type=int, default=None, metavar="N",
+                   help="mixed policy: most prompt tokens in a step that also carries decodes (bounds the "
+                        "inter-token latency spike of a new prompt; 0 = no cap; default 2048)")
     e.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix cache")
     e.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     e.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs to shard the model over (default 1)")
