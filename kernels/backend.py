@@ -12,7 +12,12 @@ BACKENDS = ("auto", "torch", "triton", "flash-attn")
 
 
 class AttentionBackend(Protocol):
-    """Stores new K/V into the paged cache and attends over it."""
+    """Stores new K/V into the paged cache and attends over it.
+
+    Optional capability: `fuses_qkv_prep = True` with a `prepare_qkv(...)` method (see TritonBackend) takes
+    the layer's raw qkv and does q/k RMSNorm, rotary and the K/V store in one kernel. Without it (or before
+    the KV cache exists) layers run those ops themselves, then call store_kvcache.
+    """
 
     name: str
 
@@ -27,6 +32,7 @@ class TorchBackend:
     """Plain torch over the paged cache; runs anywhere, the reference for the others."""
 
     name = "torch"
+    fuses_qkv_prep = False  # the layers' unfused ops are the reference; keep them
 
     def store_kvcache(self, key, value, k_cache, v_cache, slot_mapping) -> None:
         torch_ref.store_kvcache(key, value, k_cache, v_cache, slot_mapping)

@@ -6,6 +6,7 @@ import torch
 from kernels.metadata import AttentionMetadata
 from kernels.triton_decode import paged_decode_attention
 from kernels.triton_prefill import paged_prefill_attention
+from kernels.triton_qkv import qk_norm_rope_store
 from kernels.triton_store_kv import store_kvcache
 
 
@@ -13,10 +14,19 @@ class TritonBackend:
     """Paged attention in Triton; any power-of-two block size, CUDA-graph safe decode."""
 
     name = "triton"
+    fuses_qkv_prep = True  # layers hand over the raw qkv: prepare_qkv norms, rotates and stores in one kernel
 
     def store_kvcache(self, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                       v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         store_kvcache(key, value, k_cache, v_cache, slot_mapping)
+
+    def prepare_qkv(self, qkv: torch.Tensor, positions: torch.Tensor, cos_cached: torch.Tensor,
+                    sin_cached: torch.Tensor, q_weight: torch.Tensor | None, k_weight: torch.Tensor | None,
+                    eps: float, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor) -> torch.Tensor:
+        """qkv [N, (Hq+2*Hkv)*D] -> q [N, Hq, D] normed and rotated; K/V normed, rotated and stored."""
+        return qk_norm_rope_store(qkv, positions, cos_cached, sin_cached, q_weight, k_weight, eps,
+                                  k_cache, v_cache, slot_mapping)
 
     def forward(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 meta: AttentionMetadata, scale: float) -> torch.Tensor:

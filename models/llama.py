@@ -31,12 +31,14 @@ class LlamaAttention(nn.Module):
                                           _rope_theta(config), _rope_scaling(config))
         self.attn = Attention(self.num_heads, head_dim, head_dim ** -0.5, self.num_kv_heads)
         self.head_dim = head_dim
-        if self.qk_norm:
-            self.q_norm = RMSNorm(head_dim, config.rms_norm_eps)
-            self.k_norm = RMSNorm(head_dim, config.rms_norm_eps)
+        self.q_norm = RMSNorm(head_dim, config.rms_norm_eps) if self.qk_norm else None
+        self.k_norm = RMSNorm(head_dim, config.rms_norm_eps) if self.qk_norm else None
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = self.qkv_proj(x)
+        if self.attn.fuses_qkv_prep:  # Triton: norms, rotary and the K/V store in one kernel
+            return self.o_proj(self.attn.forward_qkv(qkv, positions, self.rotary_emb, self.q_norm, self.k_norm, meta))
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(-1, self.num_heads, self.head_dim)
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
