@@ -26,10 +26,11 @@ def engine_greedy(engine: LLMEngine, prompts: list[list[int]], max_tokens: list[
     return [s.completion_token_ids for s in seqs]
 
 
-def hf_model(model_dir, dtype: torch.dtype, device: str = "cuda"):
+def hf_model(model_dir, dtype: torch.dtype, device: str = "cuda", attn_implementation: str = "sdpa"):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype,
+                                                 attn_implementation=attn_implementation).to(device)
     return model.eval()
 
 
