@@ -13,6 +13,8 @@ from kernels import torch_ref  # noqa: E402
 from kernels.sample_ref import inverse_temperatures, sample_reference  # noqa: E402
 from kernels.triton_decode import paged_decode_attention  # noqa: E402
 from kernels.triton_prefill import paged_prefill_attention  # noqa: E402
+from kernels import qkv_ref  # noqa: E402
+from kernels.triton_qkv import qk_norm_rope_store  # noqa: E402
 from kernels.triton_sample import choose_num_splits, sample  # noqa: E402
 from kernels.triton_store_kv import store_kvcache  # noqa: E402
 from layers.sampler import Sampler  # noqa: E402
@@ -124,6 +126,62 @@ def test_decode_cuda_graph_replay_with_new_context_lens(batch: int, block_size: 
         assert torch.equal(out[~live], torch.zeros_like(out[~live]))
         ref = torch_ref.paged_decode_attention(*as_ref(q[live], k_cache, v_cache), ctx[live], tables[live], scale)
         assert rel_err(out[live], ref) <= TOL[dtype]
+
+
+# -- fused attention input side (kernels/triton_qkv.py) ------------------------------------------------------
+def qkv_case(num_tokens: int, head_dim: int, dtype: torch.dtype, block_size: int = 16):
+    """qkv rows with random norm weights, positions up to 4096, a cache of 0.5 and ~10 % padded (-1) slots."""
+    width = (NUM_HEADS + 2 * NUM_KV_HEADS) * head_dim
+    qkv = torch.randn(num_tokens, width + 64, dtype=dtype, device=DEVICE)[:, :width]  # strided rows
+    positions = torch.randint(0, 4096, (num_tokens,), device=DEVICE)
+    inv_freq = 1.0 / (1e6 ** (torch.arange(0, head_dim, 2, device=DEVICE).float() / head_dim))
+    freqs = torch.outer(torch.arange(4096, device=DEVICE, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), -1)
+    num_blocks = num_tokens // block_size + 4
+    slots = torch.randperm(num_blocks * block_size, device=DEVICE)[:num_tokens]
+    slots[torch.rand(num_tokens, device=DEVICE) < 0.1] = -1
+    cache = torch.full((num_blocks, block_size, NUM_KV_HEADS, head_dim), 0.5, dtype=dtype, device=DEVICE)
+    weights = [1 + 0.1 * torch.randn(head_dim, dtype=dtype, device=DEVICE) for _ in range(2)]
+    return qkv, positions, emb.cos(), emb.sin(), weights, slots, cache
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("head_dim", [128, 64])
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_qk_norm_rope_store_matches_unfused(dtype: torch.dtype, head_dim: int, qk_norm: bool) -> None:
+    """The fused kernel against the layers' own eager ops on the GPU: same q, same cache (bf16: bit-exact but
+    for rare one-ulp flips where the fp32 norm statistics round differently; fp32: 1e-6)."""
+    qkv, positions, cos, sin, (qw, kw), slots, cache = qkv_case(3000, head_dim, dtype)
+    weights = (qw, kw) if qk_norm else (None, None)
+    caches = [(cache.clone(), cache.clone()) for _ in range(2)]
+    got = qk_norm_rope_store(qkv, positions, cos, sin, *weights, 1e-6, *caches[0], slots)
+    want = qkv_ref.qk_norm_rope_store(qkv, positions, cos, sin, *weights, 1e-6, *caches[1], slots)
+    for a, b in [(got, want), (caches[0][0], caches[1][0]), (caches[0][1], caches[1][1])]:
+        if dtype == torch.float32:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+        else:
+            differ = (a != b).float().mean().item()
+            assert differ <= (1e-4 if qk_norm else 0.0), f"{differ:.2e} of elements differ"
+            torch.testing.assert_close(a.float(), b.float(), atol=0, rtol=2 ** -7)  # at most one bf16 ulp
+
+
+def test_qk_norm_rope_store_replays_in_a_cuda_graph() -> None:
+    qkv, positions, cos, sin, (qw, kw), slots, cache = qkv_case(256, 128, torch.bfloat16)
+    k_cache, v_cache = cache.clone(), cache.clone()
+    qk_norm_rope_store(qkv, positions, cos, sin, qw, kw, 1e-6, k_cache, v_cache, slots)  # compile outside capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        q = qk_norm_rope_store(qkv, positions, cos, sin, qw, kw, 1e-6, k_cache, v_cache, slots)
+    qkv.copy_(torch.randn_like(qkv))
+    positions.copy_(torch.randint(0, 4096, positions.shape, device=DEVICE))
+    graph.replay()
+    torch.cuda.synchronize()
+    ref_k, ref_v = cache.clone(), cache.clone()
+    k_after_replay = k_cache.clone()
+    want = qkv_ref.qk_norm_rope_store(qkv, positions, cos, sin, qw, kw, 1e-6, ref_k, ref_v, slots)
+    torch.testing.assert_close(q.float(), want.float(), atol=0, rtol=2 ** -7)
+    torch.testing.assert_close(k_after_replay.float(), ref_k.float(), atol=0, rtol=2 ** -7)
 
 
 # -- fused sampler (kernels/triton_sample.py) at Qwen3's vocabulary ---------------------------------------------
