@@ -65,33 +65,30 @@ def run_decode(copy_gbs: float) -> None:
     print(f"{'batch':>6} {'context':>8} {'block':>6} {'splits':>6} {'time us':>9} {'GB/s':>7} {'of copy':>8}")
     for batch, context, block_size in DECODE_CASES:
         q, k_cache, v_cache, ctx, tables = decode_case(batch, context, block_size)
-        splits = triton_decode.choose_num_splits(tables.shape[1], block_size)
+        splits = triton_decode.choose_num_splits(batch, NUM_KV_HEADS, tables.shape[1], block_size,
+                                                 triton_decode._num_sms(0))
         ms = bench_ms(lambda: triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, HEAD_DIM ** -0.5))
         gbs = decode_bytes(batch, context) / ms / 1e6
         print(f"{batch:>6} {context:>8} {block_size:>6} {splits:>6} {ms * 1e3:>9.1f} {gbs:>7.0f} {gbs / copy_gbs:>8.1%}")
         del q, k_cache, v_cache
 
 
-def run_ragged(copy_gbs: float) -> None:
-    """Mixed context lengths, as in a serving batch (the offline workload's 100..2048 tokens), with tables as wide
-    as a 4096-token CUDA graph's: the previous split rule (splits only for small batches) against slicing every
-    context into min-split-token pieces."""
+def split_sweep(copy_gbs: float) -> None:
+    """Fraction of copy bandwidth for each (batch, splits) on ragged contexts (to pick the split rule)."""
     import random
-    rng = random.Random(0)
-    num_sms = triton_decode._num_sms(0)
-    print("\nDecode attention, ragged contexts uniform in [100, 2048], tables 4096 tokens wide, block 256")
-    print(f"{'batch':>6} {'rule':>16} {'splits':>6} {'time us':>9} {'GB/s':>7} {'of copy':>8}")
-    for batch in (256, 128, 64, 16, 4):
+    rng = random.Random(1)
+    counts = (1, 2, 3, 4, 6, 8, 12, 16)
+    print("\nSplit sweep: ragged contexts in [100, 2048], tables 4096 wide, block 256, min split 256 tokens")
+    print(f"{'batch':>6} " + " ".join(f"{c:>6}" for c in counts))
+    for batch in (256, 192, 128, 96, 64, 48, 32, 16, 8, 4, 1):
         lens = [rng.randint(100, 2048) for _ in range(batch)]
         q, k_cache, v_cache, ctx, tables = decode_case(batch, lens, 256, table_tokens=4096)
-        rules = [("parallel (old)", triton_decode.parallel_num_splits(batch, NUM_KV_HEADS, tables.shape[1], 256,
-                                                                      num_sms), 256)]
-        rules += [(f"min {m} tokens", triton_decode.choose_num_splits(tables.shape[1], 256, m), m) for m in (256, 512)]
-        for name, splits, min_split in rules:
+        row = []
+        for splits in counts:
             ms = bench_ms(lambda: triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, 0.1,
-                                                                       num_splits=splits, min_split_tokens=min_split))
-            gbs = decode_bytes(batch, lens) / ms / 1e6
-            print(f"{batch:>6} {name:>16} {splits:>6} {ms * 1e3:>9.1f} {gbs:>7.0f} {gbs / copy_gbs:>8.1%}")
+                                                                       num_splits=splits), rep=50)
+            row.append(decode_bytes(batch, lens) / ms / 1e6 / copy_gbs)
+        print(f"{batch:>6} " + " ".join(f"{r:>6.1%}" for r in row))
         del q, k_cache, v_cache
 
 
@@ -152,7 +149,8 @@ def sweep(copy_gbs: float, seconds: float) -> None:
     default_config = triton_decode._config
     for batch, context, block_size in DECODE_CASES:
         q, k_cache, v_cache, ctx, tables = decode_case(batch, context, block_size)
-        base = triton_decode.choose_num_splits(tables.shape[1], block_size)
+        base = triton_decode.choose_num_splits(batch, NUM_KV_HEADS, tables.shape[1], block_size,
+                                               triton_decode._num_sms(0))
         for block_n, warps, stages, splits in itertools.product((32, 64, 128), (4,), (2, 3, 4), sorted({base, 2 * base})):
             if time.monotonic() > deadline:
                 break
@@ -174,11 +172,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sweep", type=float, default=0.0, metavar="SECONDS",
                         help="also try other kernel settings for up to SECONDS")
+    parser.add_argument("--split-sweep", action="store_true", help="only the decode split-count sweep")
     args = parser.parse_args()
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     copy_gbs = copy_bandwidth()
+    if args.split_sweep:
+        split_sweep(copy_gbs)
+        return
     run_decode(copy_gbs)
-    run_ragged(copy_gbs)
     print("\nPrefill attention: 16 x 1024-token prompts, paged, no prefix, vs SDPA flash (causal, same data)")
     print(f"{'block':>6} {'triton us':>10} {'sdpa us':>10} {'ratio':>8} {'TFLOP/s':>8} {'sdpa':>8} {'max err':>9}")
     for block_size in (256, 16):

@@ -27,9 +27,8 @@ def _decode_split_kernel(
     """One program per (sequence, kv head, split): the whole GQA group attends to one slice of the context.
 
     Slices are sized from the sequence's own context length (read on device): ctx / NUM_SPLITS, but at
-    least SPLIT_MIN tokens. With NUM_SPLITS sized for the longest possible context, every program then
-    covers at most ~SPLIT_MIN tokens, so a batch of mixed lengths has no long programs left to run alone
-    at the end (the wave tail); splits past the context exit at once and write nothing.
+    least SPLIT_MIN tokens, so a short context in a batch sized for long ones uses few splits; splits past
+    the context exit at once and write nothing.
     """
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -129,15 +128,9 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def choose_num_splits(max_blocks: int, block_size: int, min_split_tokens: int = MIN_SPLIT_TOKENS) -> int:
-    """Splits per sequence from the block-table width only (so a CUDA graph fixes it): enough that the
-    longest context it can hold is cut into min_split_tokens slices, at most MAX_SPLITS."""
-    return max(1, min(triton.cdiv(max_blocks * block_size, min_split_tokens), MAX_SPLITS))
-
-
-def parallel_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size: int, num_sms: int) -> int:
-    """The previous rule, kept for the kernel benchmark's comparison: splits only when the batch alone
-    gives fewer than ~4 programs per SM, so every program of a large batch covers its whole context."""
+def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size: int, num_sms: int) -> int:
+    """Splits per sequence from shapes only (so a CUDA graph fixes it): enough programs for ~4 per SM, but no
+    more splits than min-split-token slices of the longest context the table can hold."""
     wanted = triton.cdiv(4 * num_sms, batch * num_kv_heads)
     by_length = max(1, max_blocks * block_size // MIN_SPLIT_TOKENS)
     return max(1, min(wanted, by_length, MAX_SPLITS))
@@ -178,7 +171,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if min_split_tokens % block_n:
         raise ValueError(f"min_split_tokens={min_split_tokens} must be a multiple of the kernel tile ({block_n})")
     if num_splits is None:
-        num_splits = choose_num_splits(block_tables.shape[1], block_size, min_split_tokens)
+        num_sms = _num_sms(q.device.index or 0) if q.is_cuda else 4
+        num_splits = choose_num_splits(batch, num_kv_heads, block_tables.shape[1], block_size, num_sms)
     # Scratch is allocated per call: inside CUDA-graph capture it comes from the graph's private pool.
     if num_splits > 1:
         mid_o = torch.empty(batch, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)

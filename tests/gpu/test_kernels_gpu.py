@@ -149,8 +149,9 @@ def qkv_case(num_tokens: int, head_dim: int, dtype: torch.dtype, block_size: int
 @pytest.mark.parametrize("head_dim", [128, 64])
 @pytest.mark.parametrize("qk_norm", [True, False])
 def test_qk_norm_rope_store_matches_unfused(dtype: torch.dtype, head_dim: int, qk_norm: bool) -> None:
-    """The fused kernel against the layers' own eager ops on the GPU: same q, same cache (bf16: bit-exact but
-    for rare one-ulp flips where the fp32 norm statistics round differently; fp32: 1e-6)."""
+    """The fused kernel against the layers' own eager ops on the GPU: same q, same cache (bf16: bit-exact without
+    norms; with them, rare flips where the fp32 norm statistics round differently (4 of 6.1M elements in the
+    first H200 run), small in absolute terms (rotary's sum can cancel, so not in relative terms); fp32: 1e-6)."""
     qkv, positions, cos, sin, (qw, kw), slots, cache = qkv_case(3000, head_dim, dtype)
     weights = (qw, kw) if qk_norm else (None, None)
     caches = [(cache.clone(), cache.clone()) for _ in range(2)]
@@ -161,8 +162,8 @@ def test_qk_norm_rope_store_matches_unfused(dtype: torch.dtype, head_dim: int, q
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
         else:
             differ = (a != b).float().mean().item()
-            assert differ <= (1e-4 if qk_norm else 0.0), f"{differ:.2e} of elements differ"
-            torch.testing.assert_close(a.float(), b.float(), atol=0, rtol=2 ** -7)  # at most one bf16 ulp
+            assert differ <= (1e-5 if qk_norm else 0.0), f"{differ:.2e} of elements differ"
+            torch.testing.assert_close(a.float(), b.float(), atol=2 ** -6, rtol=2 ** -7)
 
 
 def test_qk_norm_rope_store_replays_in_a_cuda_graph() -> None:
@@ -180,8 +181,9 @@ def test_qk_norm_rope_store_replays_in_a_cuda_graph() -> None:
     ref_k, ref_v = cache.clone(), cache.clone()
     k_after_replay = k_cache.clone()
     want = qkv_ref.qk_norm_rope_store(qkv, positions, cos, sin, qw, kw, 1e-6, ref_k, ref_v, slots)
-    torch.testing.assert_close(q.float(), want.float(), atol=0, rtol=2 ** -7)
-    torch.testing.assert_close(k_after_replay.float(), ref_k.float(), atol=0, rtol=2 ** -7)
+    for a, b in [(q, want), (k_after_replay, ref_k)]:
+        assert (a != b).float().mean().item() <= 1e-5
+        torch.testing.assert_close(a.float(), b.float(), atol=2 ** -6, rtol=2 ** -7)
 
 
 # -- fused sampler (kernels/triton_sample.py) at Qwen3's vocabulary ---------------------------------------------
