@@ -140,9 +140,13 @@ def test_decode_padded_rows_give_zeros_not_nan(gen, monkeypatch) -> None:
 
 
 def test_num_splits_depends_on_shapes_only() -> None:
-    # Few long sequences fan out over many splits, big batches use one, short capacity never splits.
+    # Big batches use one split, medium ones 2, smaller ones 8 to balance ragged contexts, few long sequences
+    # fan out further; short capacity never splits.
+    assert triton_decode.choose_num_splits(256, 8, 16, 256, 132) == 1
+    assert triton_decode.choose_num_splits(192, 8, 16, 256, 132) == 2
+    assert triton_decode.choose_num_splits(128, 8, 16, 256, 132) == 8
     assert triton_decode.choose_num_splits(4, 8, 64, 256, 132) > 8
-    assert triton_decode.choose_num_splits(256, 8, 8, 256, 132) == 1
+    assert triton_decode.choose_num_splits(64, 8, 2, 256, 132) == 2  # capped by 512 tokens of capacity
     assert triton_decode.choose_num_splits(1, 8, 1, 16, 132) == 1
 
 
