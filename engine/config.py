@@ -6,6 +6,14 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 POLICIES = ("mixed", "prefill_first")
+# mixed_prefill_tokens of the streaming service, the app and `bench online`, where inter-token latency matters;
+# the engine's own default (LLM.generate, offline) is no cap, where only throughput does. See RESULTS.md.
+SERVING_MIXED_PREFILL_TOKENS = 512
+
+
+def with_serving_defaults(engine_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Engine options for a streaming service: the caller's, over the serving defaults."""
+    return {"mixed_prefill_tokens": SERVING_MIXED_PREFILL_TOKENS, **engine_kwargs}
 
 
 @dataclass(slots=True)
@@ -26,8 +34,8 @@ class Config:
     scheduling_policy: str = "mixed"
     # mixed policy: prompt tokens in a step that also carries decodes. A prompt chunk lengthens that step for
     # every running request, so this bounds the inter-token-latency spike a new prompt causes. 0 = no cap
-    # beyond max_num_batched_tokens.
-    mixed_prefill_tokens: int = 2048
+    # beyond max_num_batched_tokens (offline default; serving uses SERVING_MIXED_PREFILL_TOKENS).
+    mixed_prefill_tokens: int = 0
     enforce_eager: bool = False
     compile_small_ops: bool = True  # torch.compile RMSNorm / SiLU-and-mul / rotary on CUDA (CPU stays eager)
     # Pipelined decoding: launch the next decode step before the current one's tokens are back. None = on

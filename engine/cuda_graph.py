@@ -16,7 +16,9 @@ from kernels.metadata import AttentionMetadata
 
 GRAPH_BACKENDS = ("triton", "flash-attn")  # the torch reference reads lengths on the host: not capturable
 MIXED_GRAPH_BACKENDS = ("triton",)  # kernels with shape-only grids for prefill and mixed batches
-MIXED_TOKEN_STEPS = (256, 512, 1024, 2048, 3072, 4096, 5120, 6144, 7168, 8192)
+# Fine steps up to 2048: a step of a capped prompt chunk beside decodes (mixed_prefill_tokens) pads to the next
+# step, and padding is GEMM work the inter-token latency pays for.
+MIXED_TOKEN_STEPS = (256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 4096, 5120, 6144, 7168, 8192)
 
 
 def batch_buckets(max_num_seqs: int) -> list[int]:

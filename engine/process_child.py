@@ -165,10 +165,11 @@ def child_main(conn: Connection, model: str, engine_kwargs: dict[str, Any], opti
     try:
         import torch
 
+        from engine.config import with_serving_defaults
         from engine.llm import LLM
         if options.torch_threads:
             torch.set_num_threads(options.torch_threads)
-        llm = LLM(model, **engine_kwargs)
+        llm = LLM(model, **with_serving_defaults(engine_kwargs))
         service = _ChildService(llm, _Outbox(), options)
     except BaseException as exc:  # noqa: BLE001 - every start-up failure goes back to the parent
         conn.send(("init_error", exception_payload(exc)))

@@ -26,7 +26,7 @@ from itertools import count
 from typing import Any
 
 from engine.chat import is_messages, prompt_opens_reasoning, render_chat, template_has_reasoning
-from engine.config import POLICIES, Config
+from engine.config import POLICIES, Config, with_serving_defaults
 from engine.llm import LLM
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
@@ -60,7 +60,7 @@ def _make_engine(llm_or_config: LLMEngine | Config | str | os.PathLike, engine_k
         kwargs = {f.name: getattr(llm_or_config, f.name) for f in dataclasses.fields(Config) if f.name not in skip}
         return LLM(llm_or_config.model, **{**kwargs, **engine_kwargs})
     if isinstance(llm_or_config, (str, os.PathLike)):
-        return LLM(os.fspath(llm_or_config), **engine_kwargs)
+        return LLM(os.fspath(llm_or_config), **with_serving_defaults(engine_kwargs))
     raise TypeError(f"EngineService needs an LLM/LLMEngine, a Config or a model directory, "
                     f"got {type(llm_or_config).__name__}")
 

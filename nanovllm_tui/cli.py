@@ -69,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=("mixed", "prefill_first"), default="mixed",
                    help="scheduling policy: mixed = running requests first and chunked prefills (vLLM V1); "
                         "prefill_first = new prompts before decodes (nano-vllm). Switchable in the app (f4)")
-    p.add_argument("--mixed-prefill-tokens", type=int, default=2048, metavar="N",
+    p.add_argument("--mixed-prefill-tokens", type=int, default=None, metavar="N",
                    help="mixed policy: most prompt tokens in a step that also carries decodes, so a new prompt "
-                        "delays the other sessions' next tokens by a bounded amount (0 = no cap)")
+                        "delays the other sessions' next tokens by a bounded amount (0 = no cap; default: the "
+                        "streaming service's, 512)")
     p.add_argument("--no-prefix-caching", action="store_true",
                    help="turn off prefix caching (blocks of shared prompt prefixes are then recomputed)")
     p.add_argument("--enforce-eager", action="store_true",
@@ -101,10 +102,9 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     kwargs = dict(device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
                   kvcache_block_size=args.block_size, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=args.max_num_batched_tokens, scheduling_policy=args.policy,
-                  mixed_prefill_tokens=args.mixed_prefill_tokens,
                   enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
                   tensor_parallel_size=args.tensor_parallel_size, attention_backend=args.attention_backend)
-    for name in ("num_kvcache_blocks", "kv_cache_memory", "gpu_memory_utilization"):
+    for name in ("num_kvcache_blocks", "kv_cache_memory", "gpu_memory_utilization", "mixed_prefill_tokens"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
     return kwargs

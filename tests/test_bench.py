@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from engine.config import SERVING_MIXED_PREFILL_TOKENS
 from nanovllm_tui.bench import main
 from nanovllm_tui.bench.floor import (ModelShape, attention_pairs, kv_token_reads, min_decode_steps, model_shape,
                                       workload_floor)
@@ -140,6 +141,7 @@ def test_offline_cli_with_transformers_json_and_trace(tiny_config, tmp_path, cap
     doc = json.loads(out.read_text())
     assert {"mode", "argv", "environment", "model", "engine_options", "workload", "engine", "offline", "ratios",
             "floor", "trace"} <= set(doc)
+    assert doc["engine"]["mixed_prefill_tokens"] == 0  # offline: the engine's own default, no cap
     expected = doc["workload"]["output_tokens"]
     assert expected == total_output_tokens(make_offline_workload(NUM_REQUESTS, (8, 48), (4, 24), 0, 2000))
     assert set(doc["offline"]) == {"nanovllm-tui", "transformers-cb", "transformers-static"}
@@ -174,7 +176,9 @@ def test_online_cli_through_the_service(tiny_config, tmp_path):
     rc = main(["online", *tiny_config, *SMALL, "--request-rate", "50", "--policy", "prefill_first",
                "--json", str(out), "--trace", str(trace)])
     assert rc == 0
-    online = json.loads(out.read_text())["online"]["prefill_first"]
+    doc = json.loads(out.read_text())
+    assert doc["engine"]["mixed_prefill_tokens"] == SERVING_MIXED_PREFILL_TOKENS  # the streaming service's default
+    online = doc["online"]["prefill_first"]
     assert online["num_requests"] == NUM_REQUESTS and online["num_errors"] == 0
     assert online["policy"] == "prefill_first" and online["request_rate"] == 50
     workload = make_offline_workload(NUM_REQUESTS, (8, 48), (4, 24), 0, 2000)

@@ -95,3 +95,11 @@ def test_bench_subcommand_dispatches():
     proc = run_cli("bench", "--help")
     assert proc.returncode == 0, proc.stderr
     assert "usage" in proc.stdout.lower()
+
+
+def test_mixed_prefill_tokens_flag_reaches_the_engine_options():
+    from nanovllm_tui.cli import build_parser, engine_kwargs
+    args = build_parser().parse_args(["--model", "m"])
+    assert "mixed_prefill_tokens" not in engine_kwargs(args)  # the streaming service's default applies
+    args = build_parser().parse_args(["--model", "m", "--mixed-prefill-tokens", "0"])
+    assert engine_kwargs(args)["mixed_prefill_tokens"] == 0

@@ -218,6 +218,18 @@ def test_submit_validates_in_caller_thread(tiny_svc):
     h.result(timeout=30)
 
 
+def test_service_defaults_cap_prompt_tokens_beside_decodes(tiny_dir, tiny):
+    """A service built from a model dir uses the serving cap (latency); LLM alone has none (throughput)."""
+    from engine.config import SERVING_MIXED_PREFILL_TOKENS
+    assert tiny.scheduler.mixed_prefill_tokens == 0
+    for kwargs, want in (({}, SERVING_MIXED_PREFILL_TOKENS), ({"mixed_prefill_tokens": 0}, 0)):
+        svc = EngineService(tiny_dir, **engine_kwargs(**kwargs))
+        try:
+            assert svc.engine.scheduler.mixed_prefill_tokens == want
+        finally:
+            svc.shutdown()
+
+
 def test_policy_switch_and_block_map_in_step_stats(tiny_svc):
     tiny_svc.set_scheduling_policy("prefill_first")
     tiny_svc.set_block_map(True)

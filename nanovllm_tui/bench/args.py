@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "workload once per policy on the same engine (default mixed)")
     e.add_argument("--mixed-prefill-tokens", type=int, default=None, metavar="N",
                    help="mixed policy: most prompt tokens in a step that also carries decodes (bounds the "
-                        "inter-token latency spike of a new prompt; 0 = no cap; default 2048)")
+                        "inter-token latency spike of a new prompt; 0 = no cap; default: none offline, 512 "
+                        "online, as the engine and the streaming service)")
     e.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix cache")
     e.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     e.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs to shard the model over (default 1)")
@@ -119,5 +120,8 @@ def engine_kwargs(ns: argparse.Namespace) -> dict[str, Any]:
     """LLM(...) keyword arguments from parsed flags (unset optional ones left to the engine's defaults)."""
     kwargs = {kw: getattr(ns, dest) for dest, kw in ENGINE_FLAGS.items() if getattr(ns, dest) is not None}
     kwargs["scheduling_policy"] = ns.policy[0]
+    if ns.mode == "online":  # through the streaming service: its defaults, which `LLM(...)` alone lacks
+        from engine.config import with_serving_defaults
+        kwargs = with_serving_defaults(kwargs)
     kwargs["enable_prefix_caching"] = not ns.no_prefix_caching
     return kwargs

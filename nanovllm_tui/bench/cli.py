@@ -110,6 +110,8 @@ def run(ns) -> dict[str, Any]:
     runner = llm.model_runner
     doc["engine"] = {"init_seconds": time.perf_counter() - t0, "num_kvcache_blocks": runner.num_kvcache_blocks,
                      "block_size": llm.config.kvcache_block_size, "max_model_len": llm.config.max_model_len,
+                     "max_num_batched_tokens": llm.config.max_num_batched_tokens,
+                     "mixed_prefill_tokens": llm.config.mixed_prefill_tokens,
                      "attention_backend": getattr(getattr(getattr(runner, "runner", runner), "backend", None),
                                                   "name", None)}
     try:
