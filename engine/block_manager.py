@@ -160,7 +160,7 @@ class BlockManager:
                     self.cached_lru[block_id] = None
                 else:
                     self.free_ids.append(block_id)
-        seq.block_table = []
+        seq.block_table = []  # a new list, never cleared in place: see Sequence.block_table
         seq.num_computed_tokens = 0
         seq.num_committed_blocks = 0
 

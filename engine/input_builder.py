@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from typing import Protocol
-from itertools import chain
-from operator import attrgetter, getitem, itemgetter
+from itertools import chain, compress, repeat
+from operator import attrgetter, getitem, is_, itemgetter
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ class GraphLayouts(Protocol):
     def mixed_layout(self, tokens: int, samples: int) -> Layout: ...
 
 
+_SIGN_BIT = np.uint64(1 << 63)
 _ALIGN_BYTES = 16  # Triton specialises pointer arguments on 16-byte alignment: keep every view aligned
 
 
@@ -74,14 +75,7 @@ class Layout:
 
     @functools.cached_property
     def _spans(self) -> tuple[dict[str, tuple[int, int]], tuple[int, int, int]]:
-        spans, sizes = {}, []
-        for fields, itemsize in zip(self._fields(), (8, 4, 4)):
-            offset = 0
-            for name, n in fields:
-                spans[name] = (offset, offset + n)
-                offset = _align(offset + n, itemsize)
-            sizes.append(offset)
-        return spans, tuple(sizes)
+        return _layout_spans(self)
 
     @property
     def size64(self) -> int:
@@ -105,6 +99,19 @@ class Layout:
                 out[name] = buf[lo:hi]
         out["block_tables"] = out["block_tables"].reshape(self.rows, self.width)
         return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout_spans(layout: Layout) -> tuple[dict[str, tuple[int, int]], tuple[int, int, int]]:
+    """Offsets per field and buffer sizes, cached by shape: builders make a fresh Layout every step."""
+    spans, sizes = {}, []
+    for fields, itemsize in zip(layout._fields(), (8, 4, 4)):
+        offset = 0
+        for name, n in fields:
+            spans[name] = (offset, offset + n)
+            offset = _align(offset + n, itemsize)
+        sizes.append(offset)
+    return spans, tuple(sizes)
 
 
 class DeviceBuffers:
@@ -141,6 +148,9 @@ class BuiltInputs:
     samplers: list[Sequence]
 
 
+_Copies = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
 class InputBuilder:
     """Fills host staging buffers with numpy and copies them to device buffers (its own, or a CUDA graph's)."""
 
@@ -153,12 +163,22 @@ class InputBuilder:
         # Set after each step's copies: the next step must not overwrite pinned memory still being read.
         self._copied: torch.cuda.Event | None = None
         self._host_np: tuple[np.ndarray, np.ndarray, np.ndarray] = ()
-        self._view_cache: dict[tuple[Layout, int], dict[str, torch.Tensor]] = {}
+        # Per layout (and device buffers): host views, device views and the three copies' slices. A decode
+        # run repeats the same few layouts every step, and slicing costs more than the copies themselves.
+        self._host_views: dict[Layout, dict[str, np.ndarray]] = {}
+        self._view_cache: dict[tuple[Layout, int], tuple[dict[str, torch.Tensor], _Copies]] = {}
+        # (layout, block tables, their lengths) the host buffer holds from the last build: see _fill_block_tables.
+        self._last_tables: tuple[Layout, list[list[int]], np.ndarray] | None = None
         # Philox keys of unseeded rows: fresh every step, reproducible under torch.manual_seed like the torch path.
         self._rng = np.random.default_rng(torch.initial_seed())
 
+    def _fresh_seeds(self, n: int) -> np.ndarray:
+        """n uniform int64 keys: rng.integers(-2**63, 2**63 - 1, n, int64, endpoint=True)'s exact values, at
+        a fraction of its cost (the full range is one raw 64-bit draw each, offset by -2**63)."""
+        return (self._rng.bit_generator.random_raw(n) ^ _SIGN_BIT).view(np.int64)
+
     def _fresh_seed(self) -> int:
-        return int(self._rng.integers(-2**63, 2**63 - 1, dtype=np.int64, endpoint=True))
+        return int(self._fresh_seeds(1)[0])
 
     def _host_buffers(self, layout: Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self._host
@@ -170,17 +190,53 @@ class InputBuilder:
                 self._host = h = tuple(torch.zeros(max(n, 1), dtype=dt, pin_memory=self.pin)
                                        for n, dt in zip(sizes, (torch.int64, torch.int32, torch.float32)))
             self._host_np = tuple(x.numpy() for x in h)  # numpy slicing is far cheaper than torch slicing
+            self._host_views.clear()
+            self._view_cache.clear()
+            self._last_tables = None
         return h
 
-    def _device_views(self, layout: Layout, dev: DeviceBuffers) -> dict[str, torch.Tensor]:
-        """Views are cached per (layout, buffers): a decode run repeats the same few layouts every step."""
-        key = (layout, id(dev.b64))
-        views = self._view_cache.get(key)
+    def _host_layout_views(self, layout: Layout) -> dict[str, np.ndarray]:
+        views = self._host_views.get(layout)
         if views is None:
+            if len(self._host_views) > 1024:
+                self._host_views.clear()
+            views = self._host_views[layout] = layout.views(*self._host_np)
+        return views
+
+    def _device_views(self, layout: Layout, dev: DeviceBuffers) -> tuple[dict[str, torch.Tensor], _Copies]:
+        """Device views of a layout, and the (device, host) slice pairs its step copies, cached per buffers."""
+        key = (layout, id(dev.b64))
+        cached = self._view_cache.get(key)
+        if cached is None:
             if len(self._view_cache) > 1024:
                 self._view_cache.clear()
-            views = self._view_cache[key] = layout.views(dev.b64, dev.b32, dev.bf)
-        return views
+            copies = tuple((buf[:n], host[:n]) for host, buf, n in zip(
+                self._host, (dev.b64, dev.b32, dev.bf), (layout.size64, layout.size32, layout.sizef)) if n)
+            cached = self._view_cache[key] = layout.views(dev.b64, dev.b32, dev.bf), copies
+        return cached
+
+    def _fill_block_tables(self, tbl: np.ndarray, layout: Layout, tables: list[list[int]], lens: np.ndarray) -> None:
+        """Write each row's block table padded with -1, skipping rows the previous build already wrote.
+
+        A block table only grows by appends (BlockManager); freeing assigns a new list. So if the previous
+        build had this layout and the same tables (the same lists, or equal ones), only rows that grew since
+        differ from what the host buffer holds: in a decode run, the few rows that crossed a block boundary.
+        """
+        b, w = len(tables), layout.width
+        last, self._last_tables = self._last_tables, None  # stays None if this write fails part-way
+        if last is not None and last[0] == layout and last[1] == tables:
+            for i in np.flatnonzero(lens != last[2]).tolist():
+                row = tables[i]
+                tbl[i, :len(row)] = row
+                tbl[i, len(row):] = -1
+        else:
+            flat = np.fromiter(chain.from_iterable(tables), np.int32, int(lens.sum()))
+            if int(lens.min()) == w:  # every table fills its row: no padding to write
+                tbl[:b] = flat.reshape(b, w)
+            else:
+                tbl[:b] = -1
+                tbl[:b][np.arange(w) < lens[:, None]] = flat
+        self._last_tables = (layout, tables, lens)
 
     def _device_buffers(self, layout: Layout) -> DeviceBuffers:
         if self._own is None or not self._own.fits(layout):
@@ -203,20 +259,24 @@ class InputBuilder:
         b = len(items)
         # Per-sequence scalars through C-level map/attrgetter loops: attribute reads dominate the host cost.
         seqs = list(map(_first, items))
+        ns_l = list(map(_second, items))
         starts_l = list(map(_computed, seqs))
         tokens_l = list(map(_token_ids, seqs))
         tables_l = list(map(_block_table, seqs))
-        ns = np.array(list(map(_second, items)), dtype=np.int64)
-        starts = np.array(starts_l, dtype=np.int64) + ahead
-        totals = np.array(list(map(len, tokens_l)), dtype=np.int64) + ahead
-        lens = np.array(list(map(len, tables_l)), dtype=np.int64)
-        ends = starts + ns
-        num_tokens = int(ns.sum())
+        lens = np.fromiter(map(len, tables_l), np.int64, b)
+        num_tokens = sum(ns_l)
+        is_decode = num_tokens == b  # every row computes >= 1 token, so this is one token per row
+        starts = np.fromiter(starts_l, np.int64, b)
+        totals = np.fromiter(map(len, tokens_l), np.int64, b)
+        if ahead:
+            starts += 1
+            totals += 1
+        ns = None if is_decode else np.fromiter(ns_l, np.int64, b)
+        ends = starts + 1 if is_decode else starts + ns
         done = ends == totals
         all_done = bool(done.all())
-        samplers = seqs if all_done else [s for s, d in zip(seqs, done.tolist()) if d]
+        samplers = seqs if all_done else list(compress(seqs, done.tolist()))
         max_blocks = int(lens.max())
-        is_decode = num_tokens == b
         num_decode = b if is_decode else int(np.argmax(ns != 1))  # the runner puts one-query rows first
         bucket = mixed = None
         if graphs is not None:
@@ -234,27 +294,26 @@ class InputBuilder:
         rows, tokens, w = layout.rows, layout.tokens, layout.width
         if self._copied is not None:
             self._copied.synchronize()  # usually long done: every sampled step already waited for its tokens
-        h64, h32, hf = self._host_buffers(layout)
-        a = layout.views(*self._host_np)
+        self._host_buffers(layout)
+        a = self._host_layout_views(layout)
 
         # 1. Token-level inputs: which row each token belongs to, then positions, ids and cache slots.
         cu = a["cu_seqlens_q"]
-        cu[0] = 0
-        np.cumsum(ns, out=cu[1:b + 1])
-        cu[b + 1:] = num_tokens
-        if num_tokens == b:  # decode-shaped: one token per row, already read above
-            row = np.arange(b)
+        if is_decode:  # one token per row: the ids were read above, and row i's token is token i
+            cu[:b + 1] = np.arange(b + 1)
+            row = cu[:b]
             pos = starts
-            ids = 0 if ahead else np.array(list(map(getitem, tokens_l, starts_l)), dtype=np.int64)
+            ids = 0 if ahead else np.fromiter(map(getitem, tokens_l, starts_l), np.int64, b)
         else:
+            cu[0] = 0
+            ns.cumsum(out=cu[1:b + 1])
             row = np.repeat(np.arange(b), ns)
             pos = starts[row] + (np.arange(num_tokens) - cu[:b][row])
-            ids = np.fromiter(chain.from_iterable(t[st:st + n] for t, st, n in zip(tokens_l, starts_l, ns.tolist())),
+            ids = np.fromiter(chain.from_iterable(t[st:st + n] for t, st, n in zip(tokens_l, starts_l, ns_l)),
                               np.int64, num_tokens)
+        cu[b + 1:] = num_tokens
         tbl = a["block_tables"]
-        tbl[:b] = -1
-        tbl[:b][np.arange(w)[None, :] < lens[:, None]] = np.fromiter(
-            chain.from_iterable(tables_l), np.int32, int(lens.sum()))
+        self._fill_block_tables(tbl, layout, tables_l, lens)
         a["input_ids"][:num_tokens] = ids
         a["positions"][:num_tokens] = pos
         a["slot_mapping"][:num_tokens] = tbl[row, pos // bs].astype(np.int64) * bs + pos % bs
@@ -268,28 +327,37 @@ class InputBuilder:
         if rows > b:
             a["context_lens"][b:] = 0
         # 3. Sampling rows and parameters; greediness is decided here, on the host.
-        a["sample_rows"][:] = cu[1:b + 1][done] - 1
-        sps = list(map(_sampling_params, samplers))
-        distinct = {id(p): p for p in sps}
-        if len(distinct) == 1:  # one SamplingParams shared by the batch (LLM.generate): no per-row reads
-            p = sps[0]
-            temps = np.full(len(sps), p.temperature)
-            top_ks = np.full(len(sps), p.top_k, dtype=np.int64)
-            top_ps = np.full(len(sps), p.top_p)
+        if all_done:
+            a["sample_rows"][:] = cu[1:b + 1] - 1
+            a["offsets"][:] = totals
         else:
-            temps = np.array(list(map(_temperature, sps)), dtype=np.float64)
-            top_ks = np.array(list(map(_top_k, sps)), dtype=np.int64)
-            top_ps = np.array(list(map(_top_p, sps)), dtype=np.float64)
-        a["temperatures"][:] = temps
-        a["top_ks"][:] = top_ks
-        a["top_ps"][:] = top_ps
+            a["sample_rows"][:] = cu[1:b + 1][done] - 1
+            a["offsets"][:] = totals[done]
+        sps = list(map(_sampling_params, samplers))
+        p = sps[0] if sps else None
+        temps, top_ks, top_ps = a["temperatures"], a["top_ks"], a["top_ps"]
+        if p is not None and all(map(is_, sps, repeat(p))):
+            # One SamplingParams shared by the batch (LLM.generate): no per-row reads.
+            temps[:] = p.temperature
+            top_ks[:] = p.top_k
+            top_ps[:] = p.top_p
+            all_greedy, use_top_k, use_top_p = p.temperature == 0, p.top_k != -1, p.top_p < 1
+            user_seeds = None if p.seed is None else [p.seed] * len(sps)
+        else:
+            temps[:] = temps_l = list(map(_temperature, sps))
+            top_ks[:] = top_ks_l = list(map(_top_k, sps))
+            top_ps[:] = top_ps_l = list(map(_top_p, sps))
+            # Decided on the exact values, not on their float32 copies.
+            all_greedy = not any(temps_l)
+            use_top_k, use_top_p = top_ks_l.count(-1) != len(top_ks_l), bool(sps) and min(top_ps_l) < 1
+            user_seeds = list(map(_seed, sps))
+            if user_seeds.count(None) == len(user_seeds):
+                user_seeds = None
         # Per-row Philox key and counter for the fused CUDA sampler: a seeded request samples with (its seed,
         # the position of the token being sampled), so its tokens depend on neither the batch nor preemption.
-        a["offsets"][:] = totals[done]
         row_seeds = a["seeds"]
-        user_seeds = [sps[0].seed] * len(sps) if len(distinct) == 1 else list(map(_seed, sps))
-        if user_seeds.count(None) == len(user_seeds):  # the usual case: no seeded request in the batch
-            row_seeds[:] = self._rng.integers(-2**63, 2**63 - 1, size=len(sps), dtype=np.int64, endpoint=True)
+        if user_seeds is None:  # the usual case: no seeded request in the batch
+            row_seeds[:] = self._fresh_seeds(len(sps))
         else:
             row_seeds[:] = [self._fresh_seed() if s is None else _as_int64(s) for s in user_seeds]
 
@@ -297,15 +365,14 @@ class InputBuilder:
         dev = target or self._device_buffers(layout)
         if target is not None and not target.fits(layout):
             raise ValueError(f"batch layout {layout} does not fit the CUDA-graph buffers")
-        for host, buf, n in ((h64, dev.b64, layout.size64), (h32, dev.b32, layout.size32), (hf, dev.bf, layout.sizef)):
-            if n:
-                buf[:n].copy_(host[:n], non_blocking=self.pin)
+        views, copies = self._device_views(layout, dev)
+        for buf, host in copies:
+            buf.copy_(host, non_blocking=self.pin)
         if self.pin:
             self._copied = torch.cuda.Event()
             self._copied.record()
         return BuiltInputs(
-            tensors=self._device_views(layout, dev), layout=layout, graph_bucket=bucket or 0,
+            tensors=views, layout=layout, graph_bucket=bucket or 0,
             graph_tokens=mixed or 0, num_decode_rows=num_decode, num_samples=len(samplers), num_rows=b,
-            max_seqlen_q=int(ns.max()), max_seqlen_k=int(ends.max()), is_decode=is_decode,
-            all_greedy=not temps.any(), use_top_k=bool((top_ks != -1).any()),
-            use_top_p=bool((top_ps < 1).any()), samplers=samplers)
+            max_seqlen_q=1 if is_decode else int(ns.max()), max_seqlen_k=int(ends.max()), is_decode=is_decode,
+            all_greedy=bool(all_greedy), use_top_k=bool(use_top_k), use_top_p=bool(use_top_p), samplers=samplers)

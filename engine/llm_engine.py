@@ -107,7 +107,7 @@ class LLMEngine:
         ids = self.validate_request(prompt, sp)
         if request_id is not None and request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use; pass a unique id or None")
-        seq = Sequence(ids, sp, request_id)
+        seq = Sequence(ids, sp, request_id, self.config.eos_token_ids, self.config.max_model_len)
         self.requests[seq.request_id] = seq
         if detokenize:
             self.detokenizers[seq.request_id] = IncrementalDetokenizer(self.tokenizer, sp.stop)
@@ -206,8 +206,11 @@ class LLMEngine:
         self._record(batch, counts, start, outputs, error)
         if nxt is not None:
             bm = self.block_manager
+            bs = bm.block_size
+            done = SequenceStatus.FINISHED
             for seq, _ in nxt[0].items:  # the next step's filled blocks can be hashed now that tokens are known
-                if not seq.is_finished:
+                # Called only when a block fills (commit_full_blocks' own early return, without the call).
+                if seq.status is not done and (seq.num_computed_tokens + 1) // bs > seq.num_committed_blocks:
                     bm.commit_full_blocks(seq, seq.num_computed_tokens + 1)
             self._inflight = nxt
         return outputs
@@ -215,15 +218,15 @@ class LLMEngine:
     @staticmethod
     def _classify(batch: ScheduledBatch) -> tuple[int, int, int]:
         """(prefill tokens, decode tokens, prefills cut short by the budget), before the step runs."""
-        prefill = decode = chunked = 0
-        for seq, n in batch.items:  # runs every step over every request: plain attribute reads
+        items = batch.items
+        prefill = chunked = 0
+        decode = len(items)
+        for seq, n in items:  # runs every step over every request: plain attribute reads, decodes fall through
             num_tokens = len(seq.token_ids)
-            uncomputed = num_tokens - seq.num_computed_tokens
-            if n == 1 and uncomputed == 1 and num_tokens > seq.num_prompt_tokens:
-                decode += 1
-            else:
+            if n != 1 or num_tokens != seq.num_computed_tokens + 1 or num_tokens <= seq.num_prompt_tokens:
+                decode -= 1
                 prefill += n
-                chunked += n < uncomputed
+                chunked += n < num_tokens - seq.num_computed_tokens
         return prefill, decode, chunked
 
     def _fail_batch(self, batch: ScheduledBatch, error: str) -> list[RequestOutput]:
@@ -240,12 +243,11 @@ class LLMEngine:
         """Append each sampled token, apply the stop rules, and build the step's output deltas.
 
         Runs over every running request every step, so the common case (a token that finishes nothing)
-        is plain attribute reads and one RequestOutput; all of a step's tokens share one timestamp.
+        is plain attribute reads and one RequestOutput; all of a step's tokens share one timestamp, and
+        the stop rules were resolved at admission (Sequence.stop_token_ids / max_num_tokens).
         """
         outs: list[RequestOutput] = []
         emit = outs.append
-        eos = self.config.eos_token_ids
-        max_len = self.config.max_model_len
         detoks = self.detokenizers
         done = SequenceStatus.FINISHED
         now = time.monotonic()
@@ -260,17 +262,18 @@ class LLMEngine:
                 self.scheduler.remove(seq)
                 emit(self._output(seq, [], True))
                 continue
-            seq.append_token(token, now)
-            sp = seq.sampling_params
-            detok = detoks.get(seq.request_id)
+            # Sequence.append_token, inlined: this loop runs once per running request per step.
+            ids = seq.token_ids
+            ids.append(token)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            seq.token_times.append(now)
+            detok = detoks.get(seq.request_id) if detoks else None  # no lookup when no request detokenizes
             if detok is not None:
                 detok.add_tokens([token])
-            num_tokens = len(seq.token_ids)
-            if (not sp.ignore_eos and token in eos) or (sp.stop_token_ids and token in sp.stop_token_ids):
+            if token in seq.stop_token_ids or (detok is not None and detok.stopped):
                 reason = "stop"
-            elif detok is not None and detok.stopped:
-                reason = "stop"
-            elif num_tokens - seq.num_prompt_tokens >= sp.max_tokens or num_tokens >= max_len:
+            elif len(ids) >= seq.max_num_tokens:
                 reason = "length"
             else:
                 emit(RequestOutput(seq.request_id, detok.take_delta() if detok is not None else "", [token]))

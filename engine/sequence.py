@@ -26,10 +26,11 @@ class Sequence:
     __slots__ = ("seq_id", "request_id", "token_ids", "num_prompt_tokens", "sampling_params", "status",
                  "num_computed_tokens", "block_table", "block_hashes", "num_committed_blocks", "finish_reason",
                  "error", "arrival_time", "first_token_time", "token_times", "num_cached_tokens",
-                 "num_preemptions", "admitted", "generator")
+                 "num_preemptions", "admitted", "generator", "max_num_tokens", "stop_token_ids")
     _ids = count()
 
-    def __init__(self, token_ids: list[int], sampling_params: SamplingParams, request_id: str | None = None):
+    def __init__(self, token_ids: list[int], sampling_params: SamplingParams, request_id: str | None = None,
+                 eos_token_ids: tuple[int, ...] = (), max_model_len: int | None = None):
         self.seq_id = next(Sequence._ids)
         self.request_id = request_id if request_id is not None else str(self.seq_id)
         self.token_ids = list(token_ids)
@@ -37,6 +38,7 @@ class Sequence:
         self.sampling_params = sampling_params
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
+        # Grows by appends only; anything else assigns a new list (InputBuilder skips rows it already holds).
         self.block_table: list[int] = []
         self.block_hashes: list[int] = []  # chain hash of each full block, computed as blocks fill
         self.num_committed_blocks = 0  # leading blocks whose hashes are already published
@@ -50,6 +52,13 @@ class Sequence:
         self.num_preemptions = 0
         self.admitted = False
         self.generator: torch.Generator | None = None
+        # Stop rules resolved once, not per token: the length at which it stops, and the ids that stop it.
+        limit = self.num_prompt_tokens + sampling_params.max_tokens
+        self.max_num_tokens = limit if max_model_len is None else min(limit, max_model_len)
+        stop = set(sampling_params.stop_token_ids or ())
+        if not sampling_params.ignore_eos:
+            stop.update(eos_token_ids)
+        self.stop_token_ids = frozenset(stop)
         if sampling_params.seed is not None:
             self.generator = torch.Generator().manual_seed(sampling_params.seed & 0xFFFF_FFFF_FFFF_FFFF)
 
