@@ -82,6 +82,20 @@ class ModelRunner:
         self.cuda_graphs: CUDAGraphRunner | None = None
         self.num_kvcache_blocks = self._allocate_kv_cache()
         self.cuda_graphs = self._capture_cuda_graphs()
+        self._warm_up_sampler()
+
+    @torch.inference_mode()
+    def _warm_up_sampler(self) -> None:
+        """Run the sampler once on one row and on a full batch, so each of its kernel variants (one split
+        per row, or several) is compiled now rather than on the first step of that size."""
+        if self.device.type != "cuda":
+            return
+        vocab = self.config.hf_config.vocab_size
+        for rows in sorted({1, self.config.max_num_seqs}):
+            logits = torch.zeros(rows, vocab, dtype=self.dtype, device=self.device)
+            ids = torch.zeros(rows, dtype=torch.int64, device=self.device)
+            self.sampler(logits, torch.ones(rows, device=self.device), None, None, seeds=ids, offsets=ids)
+        torch.cuda.synchronize(self.device)
 
     def _capture_cuda_graphs(self) -> CUDAGraphRunner | None:
         """Decode graphs on CUDA with a capturable backend, unless enforce_eager; after the KV cache exists."""

@@ -88,7 +88,9 @@ def _scan(row_ptr, noise_row_ptr, vocab, tile_lo, tile_hi, inv_t, seed, off_lo, 
     return m, idx, tl.sum(bad, 0)
 
 
-@triton.jit
+# Split counts and tiles per split change with the batch size: specialising on them (== 1, divisible by 16)
+# would compile a new variant mid-serving (~0.2 s of stalled tokens, seen on an H200).
+@triton.jit(do_not_specialize=["stride_row", "vocab", "tiles_per_split", "num_splits"])
 def _sample_kernel(
     logits_ptr, temps_ptr, seeds_ptr, offsets_ptr, out_ptr, part_val_ptr, part_idx_ptr, noise_ptr,
     stride_row, vocab, tiles_per_split, num_splits,
@@ -130,7 +132,7 @@ def _sample_kernel(
         tl.store(out_ptr + row, tl.where(bad == bad, idx.to(tl.int64), -1))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _reduce_kernel(part_val_ptr, part_idx_ptr, out_ptr, num_splits, SPLITS_PAD: tl.constexpr):
     """One program per row: the max over the splits' partial maxima, lowest index on ties, -1 if any was NaN."""
     row = tl.program_id(0)
