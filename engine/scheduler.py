@@ -90,17 +90,17 @@ class Scheduler:
         if self.waiting:
             return None
         running = SequenceStatus.RUNNING
-        live = [(i, seq) for i, (seq, _) in enumerate(items) if seq.status == running]
+        live = [(i, seq) for i, (seq, _) in enumerate(items) if seq.status is running]
         if len(live) != len(self.running) or len(live) > self.max_num_batched_tokens:
             return None
-        keep = [(i, seq) for i, seq in live
-                if len(seq.token_ids) + 1 < max_model_len
-                and len(seq.token_ids) + 1 - seq.num_prompt_tokens < seq.sampling_params.max_tokens]
+        # Runs every step over every request: plain reads, and allocate_slots only where a block fills.
+        keep = [(i, seq) for i, seq in live if len(seq.token_ids) + 1 < min(max_model_len, seq.max_num_tokens)]
         if not keep:
             return None
         bm = self.block_manager
-        for _, seq in keep:
-            if not bm.allocate_slots(seq, 2):  # KV room for this step's token and the next one
+        bs = bm.block_size
+        for _, seq in keep:  # KV room for this step's token and the next one
+            if seq.num_computed_tokens + 2 > len(seq.block_table) * bs and not bm.allocate_slots(seq, 2):
                 return None
         indices = None if len(keep) == len(items) else [i for i, _ in keep]
         return [(seq, 1) for _, seq in keep], indices
