@@ -230,6 +230,17 @@ def test_service_defaults_cap_prompt_tokens_beside_decodes(tiny_dir, tiny):
             svc.shutdown()
 
 
+def test_service_freezes_startup_objects_until_shutdown(tiny):
+    """Start-up objects leave the cyclic GC (no full-collection pauses mid-serving) and come back at shutdown."""
+    import gc
+    svc = EngineService(tiny)
+    try:
+        assert gc.get_freeze_count() > 100_000  # torch, transformers and the model, at least
+    finally:
+        svc.shutdown(close_engine=False)
+    assert gc.get_freeze_count() == 0
+
+
 def test_policy_switch_and_block_map_in_step_stats(tiny_svc):
     tiny_svc.set_scheduling_policy("prefill_first")
     tiny_svc.set_block_map(True)
