@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from kernels.metadata import AttentionMetadata
-from kernels.triton_decode import paged_decode_attention
+from kernels.triton_decode import mixed_num_splits, paged_decode_attention
 from kernels.triton_prefill import paged_prefill_attention
 from kernels.triton_qkv import qk_norm_rope_store
 from kernels.triton_store_kv import store_kvcache
@@ -39,7 +39,8 @@ class TritonBackend:
         out = torch.empty_like(q)
         if meta.graph_rows:
             paged_decode_attention(q, k_cache, v_cache, meta.context_lens, meta.block_tables, scale, out=out,
-                                   row_limit=meta.num_decode_dev)
+                                   row_limit=meta.num_decode_dev,
+                                   num_splits=mixed_num_splits(meta.block_tables.shape[1], k_cache.shape[1]))
             return paged_prefill_attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.context_lens,
                                            meta.block_tables, scale, meta.max_seqlen_q, out=out,
                                            first_row=meta.num_decode_dev)

@@ -139,6 +139,22 @@ def test_decode_padded_rows_give_zeros_not_nan(gen, monkeypatch) -> None:
         assert rel_err(out[real], ref) < 1e-5
 
 
+def test_decode_row_limit_with_splits(gen) -> None:
+    # A mixed graph's decode rows: only rows below the device-side limit are computed (split and reduced),
+    # the rest of `out` (prefill rows) is left as it was.
+    context_lens = [50, 7, 33, 20, 64]
+    k_cache, v_cache, tables = paged_cache(context_lens, 16, 2, 32, gen=gen)
+    q = torch.randn(len(context_lens), 4, 32, generator=gen)
+    ctx = torch.tensor(context_lens, dtype=torch.int32)
+    out = torch.full_like(q, 7.0)
+    limit = torch.tensor([3], dtype=torch.int32)
+    triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, 0.2, num_splits=3, out=out,
+                                         row_limit=limit, min_split_tokens=16)
+    ref = torch_ref.paged_decode_attention(q[:3].double(), clean(k_cache), clean(v_cache), ctx[:3], tables[:3], 0.2)
+    assert rel_err(out[:3], ref) < 1e-5
+    assert torch.equal(out[3:], torch.full_like(out[3:], 7.0))
+
+
 def test_num_splits_depends_on_shapes_only() -> None:
     # Big batches use one split, medium ones 2, smaller ones 8 to balance ragged contexts, few long sequences
     # fan out further; short capacity never splits.
