@@ -8,7 +8,7 @@ from typing import Any
 POLICIES = ("mixed", "prefill_first")
 # mixed_prefill_tokens of the streaming service, the app and `bench online`, where inter-token latency matters;
 # the engine's own default (LLM.generate, offline) is no cap, where only throughput does. See RESULTS.md.
-SERVING_MIXED_PREFILL_TOKENS = 512
+SERVING_MIXED_PREFILL_TOKENS = 384
 
 
 def with_serving_defaults(engine_kwargs: dict[str, Any]) -> dict[str, Any]:

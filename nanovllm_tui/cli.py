@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-prefill-tokens", type=int, default=None, metavar="N",
                    help="mixed policy: most prompt tokens in a step that also carries decodes, so a new prompt "
                         "delays the other sessions' next tokens by a bounded amount (0 = no cap; default: the "
-                        "streaming service's, 512)")
+                        "streaming service's, 384)")
     p.add_argument("--no-prefix-caching", action="store_true",
                    help="turn off prefix caching (blocks of shared prompt prefixes are then recomputed)")
     p.add_argument("--enforce-eager", action="store_true",

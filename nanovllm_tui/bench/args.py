@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "workload once per policy on the same engine (default mixed)")
     e.add_argument("--mixed-prefill-tokens", type=int, default=None, metavar="N",
                    help="mixed policy: most prompt tokens in a step that also carries decodes (bounds the "
-                        "inter-token latency spike of a new prompt; 0 = no cap; default: none offline, 512 "
+                        "inter-token latency spike of a new prompt; 0 = no cap; default: none offline, 384 "
                         "online, as the engine and the streaming service)")
     e.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix cache")
     e.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
