@@ -24,7 +24,9 @@ def _environment(device) -> dict[str, Any]:
     commit = os.environ.get("NANOVLLM_COMMIT")
     if not commit:
         try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            # --dirty: a run from a working tree that differs from its commit says so (e.g. "75f4767-dirty").
+            commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
+                                    text=True, timeout=5,
                                     cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
         except (OSError, subprocess.SubprocessError):
             commit = None
