@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from engine.input_builder import DeviceBuffers, Layout
+from engine.input_layout import DeviceBuffers, Layout
 from kernels.metadata import AttentionMetadata
 
 GRAPH_BACKENDS = ("triton", "flash-attn")  # the torch reference reads lengths on the host: not capturable

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from engine.cuda_graph import CUDAGraphRunner, batch_buckets, graph_width
-from engine.input_builder import InputBuilder, Layout
+from engine.input_builder import InputBuilder
+from engine.input_layout import Layout
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
