@@ -84,6 +84,12 @@ def test_abort_frees_blocks_and_ids_are_reusable(psvc):
     assert again.result(timeout=30).finish_reason in ("stop", "length")
 
 
+def test_engine_process_uses_the_serving_defaults(psvc):
+    from engine.config import SERVING_MIXED_PREFILL_TOKENS
+    assert "mixed_prefill_tokens" not in OPTIONS
+    assert psvc.engine.config.mixed_prefill_tokens == SERVING_MIXED_PREFILL_TOKENS
+
+
 def test_step_stats_policy_switch_and_block_map(psvc):
     seen = []
     unsubscribe = psvc.subscribe(seen.append)
