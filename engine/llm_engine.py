@@ -190,7 +190,7 @@ class LLMEngine:
             if ahead is not None:
                 items, keep = ahead
                 nxt_batch = ScheduledBatch(items)
-                nxt_counts = self._classify(nxt_batch)
+                nxt_counts = (0, len(items), 0)  # schedule_ahead only ever schedules decodes
                 nxt = (nxt_batch, nxt_counts, time.monotonic(), self.model_runner.launch(items, pending, keep))
             tokens = self.model_runner.collect(pending)
         except EngineDeadError:
