@@ -35,7 +35,8 @@ from engine.process_protocol import ChildOptions, EngineSnapshot, Update, rebuil
 from engine.reasoning import ReasoningSplitter
 from engine.request_handle import RequestHandle, RequestMetrics
 from engine.sampling_params import SamplingParams
-from engine.service import _SHUTDOWN, Prompt, prepare_request
+from engine.service import _SHUTDOWN
+from engine.service_setup import Prompt, prepare_request
 from engine.step_observers import ObservedService, ServiceEvent, StepObservers
 from engine.stats import EngineStats
 from engine.tp_group import describe_exit

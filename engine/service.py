@@ -13,32 +13,30 @@ Contract:
 """
 from __future__ import annotations
 
-import dataclasses
 import gc
 import os
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
-from engine.chat import is_messages, prompt_opens_reasoning, render_chat, template_has_reasoning
-from engine.config import POLICIES, Config, with_serving_defaults
-from engine.llm import LLM
+from engine.chat import template_has_reasoning
+from engine.config import POLICIES, Config
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
 from engine.reasoning import ReasoningSplitter
 from engine.request_handle import RequestHandle, RequestMetrics
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence as EngineSequence
+from engine.service_setup import Prompt, make_engine, prepare_request
 from engine.step_observers import ObservedService, ServiceEvent, StepObservers
 from engine.stats import EngineStats, StepStats
 
-Prompt = str | list[int] | Sequence[Mapping[str, Any]]
 _SHUTDOWN = "the engine service was shut down before this request finished"
 
 
@@ -51,41 +49,6 @@ class _Active:
     splitter: ReasoningSplitter | None = None
 
 
-def _make_engine(llm_or_config: LLMEngine | Config | str | os.PathLike, engine_kwargs: dict[str, Any]) -> LLMEngine:
-    if isinstance(llm_or_config, LLMEngine):
-        if engine_kwargs:
-            raise TypeError("engine options go to LLM(...); pass either an engine or a model path with options")
-        return llm_or_config
-    if isinstance(llm_or_config, Config):
-        skip = {"model", "hf_config", "eos_token_ids"}
-        kwargs = {f.name: getattr(llm_or_config, f.name) for f in dataclasses.fields(Config) if f.name not in skip}
-        return LLM(llm_or_config.model, **{**kwargs, **engine_kwargs})
-    if isinstance(llm_or_config, (str, os.PathLike)):
-        return LLM(os.fspath(llm_or_config), **with_serving_defaults(engine_kwargs))
-    raise TypeError(f"EngineService needs an LLM/LLMEngine, a Config or a model directory, "
-                    f"got {type(llm_or_config).__name__}")
-
-
-def prepare_request(engine: Any, prompt: Prompt, sp: SamplingParams, enable_thinking: bool | None,
-                    split_reasoning: bool | None,
-                    reasoning_template: bool) -> tuple[list[int], ReasoningSplitter | None]:
-    """Validate a request in the caller's thread: the token ids to queue and its reasoning splitter (or None).
-
-    Reads only engine.tokenizer and engine.config, so any thread (or a process holding just those) may call it."""
-    chat = is_messages(prompt)
-    text_or_ids = render_chat(engine.tokenizer, prompt, enable_thinking) if chat else prompt
-    if not chat and not isinstance(text_or_ids, (str, list)):
-        raise ValueError(f"prompt must be a string, a list of token ids or a list of chat messages, "
-                         f"got {type(prompt).__name__}")
-    ids = engine.validate_request(text_or_ids, sp)
-    if split_reasoning is None:
-        split_reasoning = chat and reasoning_template
-    if not split_reasoning:
-        return ids, None
-    opens = isinstance(text_or_ids, str) and prompt_opens_reasoning(text_or_ids)
-    return ids, ReasoningSplitter(in_reasoning=opens)
-
-
 class EngineService(ObservedService):
     """Owns one engine and its step loop thread; see the module docstring for the contract."""
 
@@ -94,7 +57,7 @@ class EngineService(ObservedService):
 
     def __init__(self, llm_or_config: LLMEngine | Config | str | os.PathLike, *, history_size: int = 2048,
                  max_events: int = 256, **engine_kwargs: Any):
-        self.engine = _make_engine(llm_or_config, engine_kwargs)
+        self.engine = make_engine(llm_or_config, engine_kwargs)
         self._cond = threading.Condition(threading.Lock())
         self._commands: deque[Callable[[], None]] = deque()   # guarded by _cond
         self._handles: dict[str, RequestHandle] = {}           # live requests, guarded by _cond
