@@ -145,15 +145,19 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_blocks: int, block_size
         wanted = 2
     else:
         wanted = max(BALANCE_SPLITS, triton.cdiv(4 * num_sms, batch * num_kv_heads))
-    by_length = max(1, max_blocks * block_size // MIN_SPLIT_TOKENS)
-    return max(1, min(wanted, by_length, MAX_SPLITS))
+    return max(1, min(wanted, _splits_by_length(max_blocks, block_size), MAX_SPLITS))
+
+
+def _splits_by_length(max_blocks: int, block_size: int) -> int:
+    """At most this many splits: MIN_SPLIT_TOKENS slices of the longest context the table can hold."""
+    return max(1, max_blocks * block_size // MIN_SPLIT_TOKENS)
 
 
 def mixed_num_splits(max_blocks: int, block_size: int) -> int:
     """Splits for the decode rows of a mixed (prefill + decode) CUDA graph. Its row count is fixed at
     capture but the decode rows in it vary; they are usually a serving batch of tens, where BALANCE_SPLITS
     is best (at 256 rows it costs ~3 % on the decode part of a few mixed steps)."""
-    return max(1, min(BALANCE_SPLITS, max_blocks * block_size // MIN_SPLIT_TOKENS))
+    return min(BALANCE_SPLITS, _splits_by_length(max_blocks, block_size))
 
 
 def _config(q: torch.Tensor, head_dim: int, block_size: int) -> tuple[int, int, int]:
