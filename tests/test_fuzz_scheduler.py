@@ -35,6 +35,7 @@ class EngineMachine(RuleBasedStateMachine):
     """One engine of a random tiny shape; the model below it is PagedFakeRunner (tests/fuzz_harness.py)."""
 
     request_ids = Bundle("request_ids")
+    pipelined = False  # True: PipelinedFakeEngine with async_scheduling (tests/test_fuzz_pipelined.py)
 
     def __init__(self):
         super().__init__()
@@ -56,7 +57,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.kwargs = dict(kvcache_block_size=BLOCK, num_kvcache_blocks=num_blocks, max_num_batched_tokens=budget,
                            max_num_seqs=max_num_seqs, enable_prefix_caching=caching, scheduling_policy=policy,
                            max_model_len=max_model_len, mixed_prefill_tokens=prompt_cap)
-        self.engine = make_engine(**self.kwargs)
+        self.engine = make_engine(pipelined=self.pipelined, **self.kwargs)
 
     # -- rules ---------------------------------------------------------------------------------
     @rule(target=request_ids, data=st.data(),
@@ -176,6 +177,7 @@ class EngineMachine(RuleBasedStateMachine):
             return
         self.engine.model_runner.fail_next = False
         self._drain()
+        check_engine(self.engine)
         bm = self.engine.block_manager
         assert bm.num_used == 0 and not self.engine.requests
         alone_kwargs = dict(self.kwargs, scheduling_policy="mixed")
