@@ -2,8 +2,10 @@
 
 Prints one table row per (batch, mode). Columns:
   mode        graphs / eager (enforce_eager); -nocompile: RMSNorm, SiLU-and-mul, rotary not torch.compile'd;
-              -async: pipelined decoding (the next step launches before this one's tokens are read back), so
-              only step ms (mean over consecutive steps) is measured; other modes run synchronously
+              -async: pipelined decoding (the next step launches before this one's tokens are read back): step ms
+              is the mean over consecutive steps, gpu ms the mean time blocked waiting for a step's tokens, and
+              host us the rest (all the host's own work per step, overlapped with the GPU); other modes run
+              synchronously; -final: requests added with stream=False (LLM.generate, `nanovllm-tui bench`)
   step ms     median wall time of LLMEngine.step() for a pure decode batch (includes waiting for the GPU)
   gpu ms      median time the host sat blocked waiting for the forward (a synchronize before sampling)
   host us     step ms - gpu ms: scheduler, input preparation, kernel/graph launches, sampling, output bookkeeping
@@ -16,7 +18,9 @@ Smoke run on a CPU:      PYTHONPATH=. python3 benchmarks/engine_step_bench.py --
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
+import pstats
 import statistics
 import tempfile
 import time
@@ -42,9 +46,9 @@ def instrument(engine: LLMEngine, device: str) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"prepare": [], "execute": [], "wait": [], "sample": []}
     prepare, execute, sample = runner.prepare, runner.execute, runner.sample_device
 
-    def timed_prepare(items):
+    def timed_prepare(items, ahead=False):
         t = time.perf_counter()
-        out = prepare(items)
+        out = prepare(items, ahead)
         times["prepare"].append(time.perf_counter() - t)
         return out
 
@@ -68,23 +72,62 @@ def instrument(engine: LLMEngine, device: str) -> dict[str, list[float]]:
     return times
 
 
+_PHASES = ((lambda e: e.scheduler, "schedule_ahead"), (lambda e: e.scheduler, "commit_ahead"),
+           (lambda e: e.model_runner, "launch"), (lambda e: e.model_runner, "prepare"),
+           (lambda e: e.model_runner, "execute"), (lambda e: e.model_runner, "sample_device"),
+           (lambda e: e.model_runner, "collect"), (lambda e: e, "_process"), (lambda e: e, "_record"))
+
+
+def _time_phases(engine: LLMEngine) -> dict[str, float]:
+    """Wrap the pipelined step's phases on this engine's instances; the dict accumulates seconds per phase."""
+    acc: dict[str, float] = {}
+    clock = time.perf_counter
+    for get, name in _PHASES:
+        obj = get(engine)
+        f = getattr(obj, name)
+        key = {"sample_device": "sample", "_process": "process", "_record": "record"}.get(name, name)
+
+        def timed(*args, _f=f, _key=key, **kwargs):
+            t0 = clock()
+            out = _f(*args, **kwargs)
+            acc[_key] = acc.get(_key, 0.0) + clock() - t0
+            return out
+        setattr(obj, name, timed)
+    return acc
+
+
 def bench_batch(engine: LLMEngine, batch: int, prompt_len: int, steps: int, warmup: int, device: str,
-                vocab: int) -> dict[str, float]:
+                vocab: int, stream: bool = True, profile: bool = False, profile_dir: str | None = None,
+                phase_split: bool = False) -> dict[str, float]:
     gen = torch.Generator().manual_seed(batch)
     # Early prefills start decoding while later ones still prefill: leave room so none finishes inside the window.
     prefill_steps = -(-batch * prompt_len // engine.config.max_num_batched_tokens) + 1
-    sp = SamplingParams(temperature=0, max_tokens=warmup + steps + prefill_steps + 2, ignore_eos=True)
+    runs = 2 if profile else 1  # the profiled steps come after the timed ones
+    sp = SamplingParams(temperature=0, max_tokens=warmup + runs * steps + prefill_steps + 2, ignore_eos=True)
     seqs = []
     for _ in range(batch):
-        seqs.append(engine.add_request(torch.randint(0, vocab, (prompt_len,), generator=gen).tolist(), sp, detokenize=False))
+        seqs.append(engine.add_request(torch.randint(0, vocab, (prompt_len,), generator=gen).tolist(), sp,
+                                       detokenize=False, **({} if stream else {"stream": False})))
     while any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running) or engine.scheduler.waiting:
         for out in engine.step():  # prefills (and the first decodes of early finishers)
             if out.error:
                 print(getattr(engine, "last_traceback", ""))
                 raise RuntimeError(f"request {out.request_id} failed: {out.error}")
-    if engine.config.async_scheduling:  # pipelined: no per-step syncs or wrappers; wall time per step only
+    if engine.config.async_scheduling:  # pipelined: no per-step syncs; only the wait for each step's tokens is timed
         for _ in range(warmup):
             engine.step()
+        runner = engine.model_runner
+        phases = _time_phases(engine) if phase_split else None  # collect's phase then excludes the wait below
+        collect, waited = runner.collect, []
+
+        def timed_collect(pending):
+            t0 = time.perf_counter()
+            if pending.ready is not None:
+                pending.ready.synchronize()  # the GPU's time, seen from the host; collect itself is host work
+            waited.append(time.perf_counter() - t0)
+            return collect(pending)
+
+        runner.collect = timed_collect
         _sync(device)
         t = time.perf_counter()
         for _ in range(steps):
@@ -93,12 +136,32 @@ def bench_batch(engine: LLMEngine, batch: int, prompt_len: int, steps: int, warm
             assert last.num_decode_tokens == batch and last.num_prefill_tokens == 0, f"not a pure decode step: {last}"
         _sync(device)
         wall = (time.perf_counter() - t) / steps
+        wait = sum(waited) / steps
+        if phases is not None:
+            split = {k: v / steps * 1e6 for k, v in phases.items()}
+            split["launch"] -= split["prepare"] + split["execute"] + split["sample"]
+            split["rest"] = (wall - wait) * 1e6 - sum(v for k, v in split.items())
+            print(f"  batch {batch} host phases (mean us/step; launch = what launch adds to prepare/execute/sample, "
+                  "collect without the wait): " + "  ".join(f"{k} {v:.0f}" for k, v in split.items()), flush=True)
+        del runner.collect
+        if phases is not None:
+            for obj, name in _PHASES:
+                if name != "collect":
+                    delattr(obj(engine), name)
+        if profile:  # where the host's own time goes (cProfile slows Python calls, so shares, not absolutes)
+            prof = cProfile.Profile()
+            prof.runcall(lambda: [engine.step() for _ in range(steps)])
+            print(f"  cProfile of {steps} steps at batch {batch}:")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+            if profile_dir:
+                prof.dump_stats(f"{profile_dir}/step-b{batch}.prof")
         for seq in seqs:
             engine.abort_request(seq.request_id)
         while engine.has_unfinished_requests():
             engine.step()
         nan = float("nan")
-        return dict(step_ms=wall * 1e3, gpu_ms=nan, host_us=nan, prepare_us=nan, runner_us=nan)
+        return dict(step_ms=wall * 1e3, gpu_ms=wait * 1e3, host_us=(wall - wait) * 1e6, prepare_us=nan,
+                    runner_us=nan)
     times = instrument(engine, device)
     walls = []
     for i in range(warmup + steps):
@@ -134,8 +197,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--block-size", type=int, default=256)
     ap.add_argument("--modes", default="graphs-async,graphs,eager",
-                    help="graphs / eager, each optionally -nocompile (small ops not torch.compile'd) and -async "
-                         "(pipelined decoding: only step ms, the mean over consecutive steps)")
+                    help="graphs / eager, each optionally -nocompile (small ops not torch.compile'd), -async "
+                         "(pipelined decoding) and -final (requests not streamed)")
+    ap.add_argument("--cprofile", action="store_true", help="print a cProfile of each -async mode's steps")
+    ap.add_argument("--phases", action="store_true", help="split each -async mode's host time by phase")
+    ap.add_argument("--profile-dir", help="with --cprofile: also save each profile there (pstats files)")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer random Qwen3 (CPU smoke runs)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -156,7 +222,9 @@ def main() -> None:
               f"compiled ops {runner.compiled}, graphs {runner.cuda_graphs.buckets if runner.cuda_graphs else None}", flush=True)
         vocab = engine.config.hf_config.vocab_size
         for b in batches:
-            r = bench_batch(engine, b, args.prompt_len, args.steps, args.warmup, args.device, vocab)
+            r = bench_batch(engine, b, args.prompt_len, args.steps, args.warmup, args.device, vocab,
+                            stream="final" not in mode, profile=args.cprofile and "async" in mode,
+                            profile_dir=args.profile_dir, phase_split=args.phases and "async" in mode)
             rows.append((b, mode, r))
             print(f"  batch {b}: {r}", flush=True)
         del engine, runner

@@ -67,6 +67,18 @@ class BuiltInputs:
 _Copies = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
+@dataclass
+class _Repeat:
+    """A decode build that _build_next can move one token on: its batch, where it went, and what it made."""
+
+    items: list[tuple[Sequence, int]]
+    graphs: GraphLayouts | None
+    seqs: list[Sequence]
+    host: dict[str, np.ndarray]
+    copies: _Copies
+    built: BuiltInputs
+
+
 class InputBuilder:
     """Fills host staging buffers with numpy and copies them to device buffers (its own, or a CUDA graph's)."""
 
@@ -74,6 +86,8 @@ class InputBuilder:
         self.device = device
         self.block_size = block_size
         self.pin = device.type == "cuda"
+        # Where the copies go; passed to Event.record, whose own current-stream lookup costs more than the record.
+        self.stream = torch.cuda.current_stream(device) if self.pin else None
         self._host: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._own: DeviceBuffers | None = None
         # Set after each step's copies: the next step must not overwrite pinned memory still being read.
@@ -85,6 +99,8 @@ class InputBuilder:
         self._view_cache: dict[tuple[Layout, int], tuple[dict[str, torch.Tensor], _Copies]] = {}
         # (layout, block tables, their lengths) the host buffer holds from the last build: see _fill_block_tables.
         self._last_tables: tuple[Layout, list[list[int]], np.ndarray] | None = None
+        # The last decode build, if the same batch may come again one token further (see _build_next).
+        self._repeat: _Repeat | None = None
         # Philox keys of unseeded rows: fresh every step, reproducible under torch.manual_seed like the torch path.
         self._rng = np.random.default_rng(torch.initial_seed())
 
@@ -171,6 +187,11 @@ class InputBuilder:
         ahead: a decode batch one token past each sequence's host state (its last token is still being
         sampled on the device): positions and slots move one on, and the input ids are left to the caller.
         """
+        last, self._repeat = self._repeat, None  # stays None unless this build can be repeated
+        if ahead and last is not None and last.items is items and last.graphs is graphs:
+            built = self._build_next(last)
+            if built is not None:
+                return built
         bs = self.block_size
         b = len(items)
         # Per-sequence scalars through C-level map/attrgetter loops: attribute reads dominate the host cost.
@@ -286,9 +307,60 @@ class InputBuilder:
             buf.copy_(host, non_blocking=self.pin)
         if self.pin:
             self._copied = torch.cuda.Event()
-            self._copied.record()
-        return BuiltInputs(
+            self._copied.record(self.stream)
+        built = BuiltInputs(
             tensors=views, layout=layout, graph_bucket=bucket or 0,
             graph_tokens=mixed or 0, num_decode_rows=num_decode, num_samples=len(samplers), num_rows=b,
             max_seqlen_q=1 if is_decode else int(ns.max()), max_seqlen_k=int(ends.max()), is_decode=is_decode,
             all_greedy=bool(all_greedy), use_top_k=bool(use_top_k), use_top_p=bool(use_top_p), samplers=samplers)
+        if is_decode and all_done and user_seeds is None:
+            self._repeat = _Repeat(items, graphs, seqs, a, copies, built)
+        return built
+
+    def _build_next(self, r: _Repeat) -> BuiltInputs | None:
+        """The last decode batch (the same list) again, one token further on: the pipelined decode run's step.
+
+        Every row moved on by exactly one token since (the list comes back from Scheduler.schedule_ahead only
+        then), so positions, context lengths and sample offsets add one in place in the host buffers, the slots
+        follow the positions, and only rows that entered a new block re-read their block table. Sampling
+        parameters and rows are as they were; unseeded rows draw fresh keys. None if the layout must change.
+        """
+        a, bs, last = r.host, self.block_size, r.built
+        b = last.num_rows
+        tables = self._last_tables
+        if tables is None or tables[0] != last.layout:
+            return None
+        known = tables[2]  # each row's table length as written in the host buffer
+        if self._copied is not None:
+            self._copied.synchronize()  # the last step's copies read these host buffers
+        pos = a["positions"][:b]
+        pos += 1
+        tbl = a["block_tables"]
+        grew = np.flatnonzero(pos // bs >= known).tolist()
+        if grew:
+            width = last.layout.width
+            for i in grew:
+                row = r.seqs[i].block_table
+                if len(row) > width:  # an eager layout sized to the longest table: build afresh
+                    self._last_tables = None
+                    return None
+                tbl[i, :len(row)] = row
+                tbl[i, len(row):] = -1
+                known[i] = len(row)
+        a["slot_mapping"][:b] = tbl[a["cu_seqlens_q"][:b], pos // bs].astype(np.int64) * bs + pos % bs
+        a["context_lens"][:b] += 1
+        a["offsets"] += 1
+        a["seeds"][:] = self._fresh_seeds(b)
+        for buf, host in r.copies:
+            buf.copy_(host, non_blocking=self.pin)
+        if self.pin:
+            self._copied = torch.cuda.Event()
+            self._copied.record(self.stream)
+        built = BuiltInputs(
+            tensors=last.tensors, layout=last.layout, graph_bucket=last.graph_bucket, graph_tokens=0,
+            num_decode_rows=b, num_samples=b, num_rows=b, max_seqlen_q=1, max_seqlen_k=last.max_seqlen_k + 1,
+            is_decode=True, all_greedy=last.all_greedy, use_top_k=last.use_top_k, use_top_p=last.use_top_p,
+            samplers=last.samplers)
+        r.built = built
+        self._repeat = r
+        return built

@@ -22,7 +22,7 @@ class LLM(LLMEngine):
         seqs = []
         try:
             for p, sp in zip(prompts, sampling_params):
-                seqs.append(self.add_request(p, sp, detokenize=bool(sp.stop)))
+                seqs.append(self.add_request(p, sp, detokenize=bool(sp.stop), stream=False))
         except Exception:
             for seq in seqs:  # one bad prompt rejects the call, leaving nothing queued
                 self.abort_request(seq.request_id)
@@ -30,18 +30,18 @@ class LLM(LLMEngine):
             raise
         results: dict[str, dict[str, Any]] = {}
         bar = tqdm(total=len(seqs), desc="Generating", disable=not use_tqdm, dynamic_ncols=True)
-        pieces: dict[str, list[str]] = {}
         while self.has_unfinished_requests():
-            for out in self.step():
-                pieces.setdefault(out.request_id, []).append(out.text)
-                if out.finished:
-                    results[out.request_id] = {"finish_reason": out.finish_reason, "error": out.error}
-                    bar.update(1)
+            for out in self.step():  # final outputs only (stream=False): one per request
+                results[out.request_id] = {"text": out.text, "finish_reason": out.finish_reason, "error": out.error}
+                bar.update(1)
         bar.close()
         outputs = []
         for seq in seqs:
             ids = seq.completion_token_ids
-            text = "".join(pieces.get(seq.request_id, [])) if seq.sampling_params.stop else \
-                self.tokenizer.decode(ids, skip_special_tokens=True)
-            outputs.append({"text": text, "token_ids": ids, **results[seq.request_id]})
+            result = results[seq.request_id]
+            # With stop strings the detokenizer's text (cut at the stop) is the text; else decode once here.
+            text = result.pop("text")
+            if not seq.sampling_params.stop:
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            outputs.append({"text": text, "token_ids": ids, **result})
         return outputs

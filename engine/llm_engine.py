@@ -101,13 +101,18 @@ class LLMEngine:
         return ids
 
     def add_request(self, prompt: str | list[int], sampling_params: SamplingParams | None = None,
-                    request_id: str | None = None, detokenize: bool = True) -> Sequence:
-        """Validate and queue a request; raises ValueError naming the bad value and the limit."""
+                    request_id: str | None = None, detokenize: bool = True, stream: bool = True) -> Sequence:
+        """Validate and queue a request; raises ValueError naming the bad value and the limit.
+
+        stream: step() returns an output for this request every step it gets tokens (its deltas); False: only
+        the final output, which then carries every completion token and the whole text (batch callers).
+        """
         sp = sampling_params or SamplingParams()
         ids = self.validate_request(prompt, sp)
         if request_id is not None and request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use; pass a unique id or None")
         seq = Sequence(ids, sp, request_id, self.config.eos_token_ids, self.config.max_model_len)
+        seq.stream = stream
         self.requests[seq.request_id] = seq
         if detokenize:
             self.detokenizers[seq.request_id] = IncrementalDetokenizer(self.tokenizer, sp.stop)
@@ -141,6 +146,8 @@ class LLMEngine:
         if finished:
             self.requests.pop(seq.request_id, None)
             self.detokenizers.pop(seq.request_id, None)
+            if not seq.stream:  # its only output: everything it generated
+                new_ids = seq.completion_token_ids
         return RequestOutput(seq.request_id, text, new_ids, "", finished, seq.finish_reason if finished else None,
                              seq.error)
 
@@ -204,14 +211,8 @@ class LLMEngine:
             return outputs
         outputs.extend(self._process(batch, tokens))
         self._record(batch, counts, start, outputs, error)
-        if nxt is not None:
-            bm = self.block_manager
-            bs = bm.block_size
-            done = SequenceStatus.FINISHED
-            for seq, _ in nxt[0].items:  # the next step's filled blocks can be hashed now that tokens are known
-                # Called only when a block fills (commit_full_blocks' own early return, without the call).
-                if seq.status is not done and (seq.num_computed_tokens + 1) // bs > seq.num_committed_blocks:
-                    bm.commit_full_blocks(seq, seq.num_computed_tokens + 1)
+        if nxt is not None:  # the next step's filled blocks can be hashed now that its tokens are known
+            self.scheduler.commit_ahead(nxt[0].items)
             self._inflight = nxt
         return outputs
 
@@ -243,8 +244,8 @@ class LLMEngine:
         """Append each sampled token, apply the stop rules, and build the step's output deltas.
 
         Runs over every running request every step, so the common case (a token that finishes nothing)
-        is plain attribute reads and one RequestOutput; all of a step's tokens share one timestamp, and
-        the stop rules were resolved at admission (Sequence.stop_token_ids / max_num_tokens).
+        is plain attribute reads and, for a streamed request, one RequestOutput; all of a step's tokens share
+        one timestamp, and the stop rules were resolved at admission (Sequence.stop_token_ids / max_num_tokens).
         """
         outs: list[RequestOutput] = []
         emit = outs.append
@@ -257,33 +258,46 @@ class LLMEngine:
             seq.num_computed_tokens += n
             if token is None:
                 continue
-            if token < 0:
-                seq.finish("error", "the model produced non-finite logits (NaN/inf) for this request")
-                self.scheduler.remove(seq)
-                emit(self._output(seq, [], True))
-                continue
-            # Sequence.append_token, inlined: this loop runs once per running request per step.
             ids = seq.token_ids
-            ids.append(token)
-            if seq.first_token_time is None:
-                seq.first_token_time = now
-            seq.token_times.append(now)
-            detok = detoks.get(seq.request_id) if detoks else None  # no lookup when no request detokenizes
-            if detok is not None:
-                detok.add_tokens([token])
-            if token in seq.stop_token_ids or (detok is not None and detok.stopped):
-                reason = "stop"
-            elif len(ids) >= seq.max_num_tokens:
-                reason = "length"
-            else:
-                emit(RequestOutput(seq.request_id, detok.take_delta() if detok is not None else "", [token]))
+            if (token < 0 or token in seq.stop_token_ids or len(ids) + 1 >= seq.max_num_tokens
+                    or seq.first_token_time is None or (detoks and seq.request_id in detoks)):
+                self._take_token(seq, token, now, emit)
                 continue
-            seq.finish(reason)
-            if detok is not None:
-                detok.flush()
-            self.scheduler.remove(seq)
-            emit(self._output(seq, [token], True))
+            # The common case: a token that finishes nothing, for a request that does not detokenize.
+            ids.append(token)
+            seq.token_times.append(now)
+            if seq.stream:
+                emit(RequestOutput(seq.request_id, "", [token]))
         return outs
+
+    def _take_token(self, seq: Sequence, token: int, now: float, emit) -> None:
+        """_process for any other token: the first, a failed row, one that may stop, or one to detokenize."""
+        if token < 0:
+            seq.finish("error", "the model produced non-finite logits (NaN/inf) for this request")
+            self.scheduler.remove(seq)
+            emit(self._output(seq, [], True))
+            return
+        ids = seq.token_ids
+        ids.append(token)  # Sequence.append_token, inlined with the step's one timestamp
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+        seq.token_times.append(now)
+        detok = self.detokenizers.get(seq.request_id)
+        if detok is not None:
+            detok.add_tokens([token])
+        if token in seq.stop_token_ids or (detok is not None and detok.stopped):
+            reason = "stop"
+        elif len(ids) >= seq.max_num_tokens:
+            reason = "length"
+        else:
+            if seq.stream:
+                emit(RequestOutput(seq.request_id, detok.take_delta() if detok is not None else "", [token]))
+            return
+        seq.finish(reason)
+        if detok is not None:
+            detok.flush()
+        self.scheduler.remove(seq)
+        emit(self._output(seq, [token], True))
 
     def _record(self, batch: ScheduledBatch, counts: tuple[int, int, int], start: float,
                 outputs: list[RequestOutput], error: str | None) -> None:

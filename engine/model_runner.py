@@ -231,15 +231,27 @@ class ModelRunner:
             graph_rows=b.layout.rows if b.graph_tokens else 0,
             num_decode_dev=t["num_decode"] if b.graph_tokens else None,
         )
-        gens = [s.generator for s in b.samplers]
+        gens = self._generators(b.samplers)
         return StepInputs(
             input_ids=t["input_ids"], positions=t["positions"], meta=meta, sample_rows=t["sample_rows"],
             temperatures=t["temperatures"], top_ks=t["top_ks"] if b.use_top_k else None,
             top_ps=t["top_ps"] if b.use_top_p else None,
-            generators=gens if any(g is not None for g in gens) else None,
+            generators=gens,
             seeds=t["seeds"], offsets=t["offsets"],
             all_greedy=b.all_greedy, graph_bucket=b.graph_bucket, graph_tokens=b.graph_tokens, num_rows=b.num_rows,
         )
+
+    def _generators(self, samplers: list[Sequence]) -> list[torch.Generator | None] | None:
+        """Each sampled row's torch.Generator, or None if no row has one; the same list again (a decode run)
+        is not re-read."""
+        last = self.__dict__.get("_last_generators")
+        if last is not None and last[0] is samplers:
+            return last[1]
+        gens = [s.generator for s in samplers]
+        if all(g is None for g in gens):
+            gens = None
+        self._last_generators = (samplers, gens)
+        return gens
 
     @torch.inference_mode()
     def execute(self, inputs: StepInputs) -> torch.Tensor | None:
@@ -255,7 +267,6 @@ class ModelRunner:
         rows = hidden[:num_samples] if inputs.meta.is_decode and num_samples == inputs.num_rows else hidden[inputs.sample_rows]
         return self.model.compute_logits(rows)
 
-    @torch.inference_mode()
     @torch.inference_mode()
     def sample_device(self, logits: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
         """One token per sampled row, on the device; -1 where the logits were not finite (that request fails)."""
@@ -298,7 +309,7 @@ class ModelRunner:
             host = self._host_tokens(tokens.numel())
             host[:tokens.numel()].copy_(tokens, non_blocking=True)
             ready = torch.cuda.Event()
-            ready.record()
+            ready.record(self.inputs.stream)
         return PendingStep(items, ordered, tokens, host, ready)
 
     def collect(self, step: PendingStep) -> list[int | None]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from engine.block_manager import BlockManager
 from engine.config import POLICIES
+from engine.decode_run import DecodeRun
 from engine.sequence import Sequence, SequenceStatus
 
 
@@ -44,6 +45,7 @@ class Scheduler:
         self.mixed_prefill_tokens = mixed_prefill_tokens  # 0 = prompts may use the whole budget
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self._run: DecodeRun | None = None  # the pipelined decode run schedule_ahead last returned
 
     def set_policy(self, policy: str) -> None:
         if policy not in POLICIES:
@@ -57,6 +59,7 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> ScheduledBatch:
+        self._run = None
         batch = ScheduledBatch()
         if self.policy == "prefill_first":
             self._schedule_prefills(batch, self.max_num_batched_tokens)
@@ -84,16 +87,31 @@ class Scheduler:
         to be admitted, every running request is in `items` and gets one more token (those that reach
         max_tokens / max_model_len with this step's token drop out), and blocks for it are free (else the
         full schedule, which may preempt, decides). Returns (items, their indices in `items` if some
-        dropped out) or None. Block hashes of blocks the next step fills are committed once the tokens
-        are known (LLMEngine), as no other request can be admitted in between.
+        dropped out) or None; when all go on, the very `items` list comes back, and the run of steps
+        over it is tracked in numpy (DecodeRun) so that a step costs no pass over the requests.
+        Block hashes of blocks the next step fills are committed once the tokens are known
+        (commit_ahead), as no other request can be admitted in between.
         """
         if self.waiting:
             return None
+        run = self._run
+        if run is not None and run.items is items and len(self.running) == len(items):
+            # Nobody left the batch since it was scheduled (a finish or abort leaves `running`), so every
+            # row got its token: the same list, one step on, unless a row now stops at its length limit.
+            run.advance()
+            if not run.any_stops():
+                bm = self.block_manager
+                for i in run.rows_short_of_room():  # a block edge: a few rows per step at most
+                    if not bm.allocate_slots(run.seqs[i], 2):
+                        self._run = None
+                        return None
+                    run.grew(i)
+                return items, None
+        self._run = None
         running = SequenceStatus.RUNNING
         live = [(i, seq) for i, (seq, _) in enumerate(items) if seq.status is running]
         if len(live) != len(self.running) or len(live) > self.max_num_batched_tokens:
             return None
-        # Runs every step over every request: plain reads, and allocate_slots only where a block fills.
         keep = [(i, seq) for i, seq in live if len(seq.token_ids) + 1 < min(max_model_len, seq.max_num_tokens)]
         if not keep:
             return None
@@ -102,8 +120,27 @@ class Scheduler:
         for _, seq in keep:  # KV room for this step's token and the next one
             if seq.num_computed_tokens + 2 > len(seq.block_table) * bs and not bm.allocate_slots(seq, 2):
                 return None
-        indices = None if len(keep) == len(items) else [i for i, _ in keep]
-        return [(seq, 1) for _, seq in keep], indices
+        if len(keep) == len(items):
+            nxt, indices = items, None
+        else:
+            nxt, indices = [(seq, 1) for _, seq in keep], [i for i, _ in keep]
+        self._run = DecodeRun(nxt, bs, max_model_len)
+        return nxt, indices
+
+    def commit_ahead(self, items: list[tuple[Sequence, int]]) -> None:
+        """Publish the hashes of blocks the step launched ahead (`items`) fills, now that its tokens are known."""
+        bm = self.block_manager
+        bs = bm.block_size
+        run = self._run
+        if run is not None and run.items is items:
+            seqs = [run.seqs[i] for i in run.rows_filling_a_block()]
+        else:
+            seqs = [seq for seq, _ in items]
+        done = SequenceStatus.FINISHED
+        for seq in seqs:
+            # Called only when a block fills (commit_full_blocks' own early return, without the call).
+            if seq.status is not done and (seq.num_computed_tokens + 1) // bs > seq.num_committed_blocks:
+                bm.commit_full_blocks(seq, seq.num_computed_tokens + 1)
 
     def _add_item(self, batch: ScheduledBatch, seq: Sequence, n: int) -> None:
         # Publish hashes now, not after the step: a request admitted later in this same step can

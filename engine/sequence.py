@@ -26,7 +26,7 @@ class Sequence:
     __slots__ = ("seq_id", "request_id", "token_ids", "num_prompt_tokens", "sampling_params", "status",
                  "num_computed_tokens", "block_table", "block_hashes", "num_committed_blocks", "finish_reason",
                  "error", "arrival_time", "first_token_time", "token_times", "num_cached_tokens",
-                 "num_preemptions", "admitted", "generator", "max_num_tokens", "stop_token_ids")
+                 "num_preemptions", "admitted", "generator", "max_num_tokens", "stop_token_ids", "stream")
     _ids = count()
 
     def __init__(self, token_ids: list[int], sampling_params: SamplingParams, request_id: str | None = None,
@@ -52,6 +52,7 @@ class Sequence:
         self.num_preemptions = 0
         self.admitted = False
         self.generator: torch.Generator | None = None
+        self.stream = True  # an output every step; False: only the final one (LLMEngine.add_request)
         # Stop rules resolved once, not per token: the length at which it stops, and the ids that stop it.
         limit = self.num_prompt_tokens + sampling_params.max_tokens
         self.max_num_tokens = limit if max_model_len is None else min(limit, max_model_len)

@@ -81,3 +81,24 @@ def test_fresh_seeds_are_the_integers_stream() -> None:
     for n in (1, 5, 256):
         want = rng.integers(-2**63, 2**63 - 1, size=n, dtype=np.int64, endpoint=True)
         assert builder._fresh_seeds(n).tolist() == want.tolist()
+
+
+def test_final_only_requests_get_one_output_with_everything() -> None:
+    """stream=False (LLM.generate, the offline bench): no per-step deltas, one final output carrying every
+    completion token and the whole text, identical to what the streamed twin's deltas add up to."""
+    from fuzz_harness import make_engine
+
+    engine = make_engine(kvcache_block_size=16, num_kvcache_blocks=64, max_num_seqs=4, max_model_len=256)
+    prompt = [11, 12, 13, 14, 15]
+    got: dict[str, list] = {"streamed": [], "final": []}
+    for rid, stream in (("streamed", True), ("final", False)):
+        engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True), request_id=rid,
+                           stream=stream)
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            got[out.request_id].append(out)
+    streamed, final = got["streamed"], got["final"]
+    assert len(streamed) == 40 and len(final) == 1 and final[0].finished
+    assert final[0].token_ids == [t for o in streamed for t in o.token_ids]
+    assert final[0].text == "".join(o.text for o in streamed) != ""
+    assert final[0].finish_reason == streamed[-1].finish_reason == "length"

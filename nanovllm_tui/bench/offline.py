@@ -34,7 +34,9 @@ def run_offline(llm, workload: list[BenchRequest], temperature: float, warmup: b
     steps_before = llm.stats().num_steps
     start = time.perf_counter()
     # Timed like nano-vllm's bench: adding the requests is part of the run.
-    seqs = [llm.add_request(list(r.prompt_token_ids), sp, detokenize=False) for r, sp in zip(workload, params)]
+    # Final outputs only, as LLM.generate asks: the bar moves as requests finish (each carries all its tokens).
+    seqs = [llm.add_request(list(r.prompt_token_ids), sp, detokenize=False, stream=False)
+            for r, sp in zip(workload, params)]
     errors: list[str] = []
     last = llm.last_step
     while llm.has_unfinished_requests():
