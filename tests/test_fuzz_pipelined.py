@@ -70,8 +70,10 @@ def test_fuzz_engine_scheduler_pipelined(request, capsys):
                                               HealthCheck.data_too_large]))
     with capsys.disabled():
         print(f"\n[pipelined fuzz profile {name}] {examples} examples: {base.COVERAGE}")
-    for key in ("ahead_launches", "ahead_partial", "ahead_discarded", "preemptions", "prefix_hit_tokens",
-                "aborted", "failed_forward"):
+    # Not prefix hits: which examples hypothesis draws here shifts with what else the session imports (0 hits
+    # when tests/test_sample_triton.py was collected too, all invariants holding); the scripted test below
+    # requires prefix hits, including on blocks pipelined steps hashed, on every run.
+    for key in ("ahead_launches", "ahead_partial", "ahead_discarded", "preemptions", "aborted", "failed_forward"):
         assert base.COVERAGE.get(key, 0) > 0, f"the fuzzer never reached {key}: {base.COVERAGE}"
 
 
