@@ -4,6 +4,9 @@ A decode step of B sequences runs the graph of the smallest bucket >= B (1, 2, 4
 max_num_seqs). The InputBuilder writes the step's inputs straight into the graph's static buffers in
 the layout the graph was captured with; rows past B are padding (slot -1: no KV write, context 0:
 zeros out). Block tables are as wide as max_model_len needs, so every legal sequence fits.
+With a `sample` function, each bucket also gets a sampling graph (LM head + fused sampler over the
+bucket's hidden states and sampling fields): a decode step is then two graph replays, no per-kernel
+launches, which is most of the host's launch cost per step (the sampler's launch alone ~50 µs).
 """
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ import torch
 
 from engine.input_layout import DeviceBuffers, Layout
 from kernels.metadata import AttentionMetadata
+
+# Sampling graphs: (hidden [rows, H], temperatures fp32 [rows], seeds int64 [rows], offsets int64 [rows]) -> tokens.
+SampleFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 GRAPH_BACKENDS = ("triton", "flash-attn")  # the torch reference reads lengths on the host: not capturable
 MIXED_GRAPH_BACKENDS = ("triton",)  # kernels with shape-only grids for prefill and mixed batches
@@ -45,8 +51,9 @@ class CUDAGraphRunner:
 
     def __init__(self, forward: Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor],
                  device: torch.device, max_num_seqs: int, max_model_len: int, block_size: int,
-                 max_num_batched_tokens: int = 0):
+                 max_num_batched_tokens: int = 0, sample: SampleFn | None = None):
         self.forward = forward
+        self.sample = sample  # (hidden rows, temperatures, seeds, offsets) -> tokens, or None: no sampling graphs
         self.buckets = batch_buckets(max_num_seqs)
         self.rows = max_num_seqs  # every mixed graph has this many rows (padded)
         # Mixed (prefill + decode) graphs, one per token bucket; none when max_num_batched_tokens is 0.
@@ -56,9 +63,10 @@ class CUDAGraphRunner:
         layouts = [self.layout(self.buckets[-1])] + [self.mixed_layout(t) for t in self.token_buckets]
         self.buffers = DeviceBuffers(device, max(x.size64 for x in layouts), max(x.size32 for x in layouts),
                                      max(x.sizef for x in layouts))
-        self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}  # ("decode" | "mixed" | "sample", size)
         self.outputs: dict[tuple[str, int], torch.Tensor] = {}
         self.num_replays = 0
+        self.num_sampled_replays = 0  # of those, decode steps that sampled in their sampling graph
 
     def layout(self, bucket: int) -> Layout:
         """The fixed layout of a bucket: bucket rows, one token each, every row a sampled row."""
@@ -109,7 +117,8 @@ class CUDAGraphRunner:
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """Capture every graph, largest first (mixed, then decode) so smaller graphs reuse its memory pool."""
+        """Capture every graph, largest first (mixed, then decode) so smaller graphs reuse its memory pool; then
+        the sampling graphs, which read the decode graphs' outputs."""
         b64, b32 = self.buffers.b64, self.buffers.b32
         pool = None
         keys = [("mixed", t) for t in reversed(self.token_buckets)] + [("decode", b) for b in reversed(self.buckets)]
@@ -127,7 +136,30 @@ class CUDAGraphRunner:
             if pool is None:
                 pool = graph.pool()
             self.graphs[key] = graph
+        if self.sample is not None:
+            for b in reversed(self.buckets):
+                v = self.layout(b).views(self.buffers.b64, self.buffers.b32, self.buffers.bf)
+                args = (self.outputs[("decode", b)], v["temperatures"], v["seeds"], v["offsets"])
+                self.buffers.bf.zero_()  # greedy rows for the warm-up (compiles the sampler at this size)
+                self.sample(*args)
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool):
+                    self.outputs[("sample", b)] = self.sample(*args)
+                self.graphs[("sample", b)] = graph
         torch.cuda.synchronize()
+
+    def can_sample(self, bucket: int) -> bool:
+        return ("sample", bucket) in self.graphs
+
+    def replay_sampled(self, bucket: int) -> torch.Tensor:
+        """The decode graph of `bucket` rows, then its sampling graph: one token per row (padding rows too;
+        -1 where the logits were not finite). The tokens tensor is the graph's: the next replay overwrites it."""
+        self.graphs[("decode", bucket)].replay()
+        self.graphs[("sample", bucket)].replay()
+        self.num_replays += 1
+        self.num_sampled_replays += 1
+        return self.outputs[("sample", bucket)]
 
     def replay(self, bucket: int, mixed_tokens: int = 0) -> torch.Tensor:
         """Run a graph on whatever the static buffers hold now: the decode graph of `bucket` rows, or the

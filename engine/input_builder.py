@@ -42,8 +42,13 @@ class GraphLayouts(Protocol):
 
     def mixed_layout(self, tokens: int, samples: int) -> Layout: ...
 
+    def layout(self, bucket: int) -> Layout: ...
+
 
 _SIGN_BIT = np.uint64(1 << 63)
+# Sampling fields and what a padding row of a decode graph's bucket holds: row 0, greedy, no top-k / top-p.
+_SAMPLE_PADDING = (("sample_rows", 0), ("temperatures", 0.0), ("top_ks", -1), ("top_ps", 1.0), ("seeds", 0),
+                   ("offsets", 0))
 @dataclass
 class BuiltInputs:
     """One step's device tensors plus what the host already knows about them (no device reads needed)."""
@@ -135,16 +140,21 @@ class InputBuilder:
             views = self._host_views[layout] = layout.views(*self._host_np)
         return views
 
-    def _device_views(self, layout: Layout, dev: DeviceBuffers) -> tuple[dict[str, torch.Tensor], _Copies]:
-        """Device views of a layout, and the (device, host) slice pairs its step copies, cached per buffers."""
-        key = (layout, id(dev.b64))
+    def _device_views(self, layout: Layout, dev: DeviceBuffers, samples: int
+                      ) -> tuple[dict[str, torch.Tensor], _Copies]:
+        """Device views of a layout (sampling fields cut to `samples` rows), and the (device, host) slice pairs
+        its step copies, cached per buffers."""
+        key = (layout, id(dev.b64), samples)
         cached = self._view_cache.get(key)
         if cached is None:
             if len(self._view_cache) > 1024:
                 self._view_cache.clear()
             copies = tuple((buf[:n], host[:n]) for host, buf, n in zip(
                 self._host, (dev.b64, dev.b32, dev.bf), (layout.size64, layout.size32, layout.sizef)) if n)
-            cached = self._view_cache[key] = layout.views(dev.b64, dev.b32, dev.bf), copies
+            views = layout.views(dev.b64, dev.b32, dev.bf)
+            if samples < layout.samples:
+                views.update((name, views[name][:samples]) for name, _ in _SAMPLE_PADDING)
+            cached = self._view_cache[key] = views, copies
         return cached
 
     def _fill_block_tables(self, tbl: np.ndarray, layout: Layout, tables: list[list[int]], lens: np.ndarray) -> None:
@@ -225,7 +235,9 @@ class InputBuilder:
         if mixed:
             layout = graphs.mixed_layout(mixed, len(samplers))
         elif bucket:
-            layout = Layout(bucket, bucket, graphs.width, len(samplers))  # decode graphs: one token per row
+            # Decode graphs: one token per row, and sampling fields for every row of the bucket at the addresses
+            # the sampling graphs captured (rows past the sampled ones are padding).
+            layout = graphs.layout(bucket)
         else:
             layout = Layout(b, num_tokens, max_blocks, len(samplers))
         rows, tokens = layout.rows, layout.tokens
@@ -264,15 +276,19 @@ class InputBuilder:
         if rows > b:
             a["context_lens"][b:] = 0
         # 3. Sampling rows and parameters; greediness is decided here, on the host.
+        num_samples = len(samplers)
+        if layout.samples > num_samples:  # padding rows of a decode graph's bucket: greedy, never read back
+            for name, pad in _SAMPLE_PADDING:
+                a[name][num_samples:] = pad
         if all_done:
-            a["sample_rows"][:] = cu[1:b + 1] - 1
-            a["offsets"][:] = totals
+            a["sample_rows"][:num_samples] = cu[1:b + 1] - 1
+            a["offsets"][:num_samples] = totals
         else:
-            a["sample_rows"][:] = cu[1:b + 1][done] - 1
-            a["offsets"][:] = totals[done]
+            a["sample_rows"][:num_samples] = cu[1:b + 1][done] - 1
+            a["offsets"][:num_samples] = totals[done]
         sps = list(map(_sampling_params, samplers))
         p = sps[0] if sps else None
-        temps, top_ks, top_ps = a["temperatures"], a["top_ks"], a["top_ps"]
+        temps, top_ks, top_ps = a["temperatures"][:num_samples], a["top_ks"][:num_samples], a["top_ps"][:num_samples]
         if p is not None and all(map(is_, sps, repeat(p))):
             # One SamplingParams shared by the batch (LLM.generate): no per-row reads.
             temps[:] = p.temperature
@@ -292,7 +308,7 @@ class InputBuilder:
                 user_seeds = None
         # Per-row Philox key and counter for the fused CUDA sampler: a seeded request samples with (its seed,
         # the position of the token being sampled), so its tokens depend on neither the batch nor preemption.
-        row_seeds = a["seeds"]
+        row_seeds = a["seeds"][:num_samples]
         if user_seeds is None:  # the usual case: no seeded request in the batch
             row_seeds[:] = self._fresh_seeds(len(sps))
         else:
@@ -302,7 +318,7 @@ class InputBuilder:
         dev = target or self._device_buffers(layout)
         if target is not None and not target.fits(layout):
             raise ValueError(f"batch layout {layout} does not fit the CUDA-graph buffers")
-        views, copies = self._device_views(layout, dev)
+        views, copies = self._device_views(layout, dev, num_samples)
         for buf, host in copies:
             buf.copy_(host, non_blocking=self.pin)
         if self.pin:
@@ -349,8 +365,8 @@ class InputBuilder:
                 known[i] = len(row)
         a["slot_mapping"][:b] = tbl[a["cu_seqlens_q"][:b], pos // bs].astype(np.int64) * bs + pos % bs
         a["context_lens"][:b] += 1
-        a["offsets"] += 1
-        a["seeds"][:] = self._fresh_seeds(b)
+        a["offsets"][:b] += 1
+        a["seeds"][:b] = self._fresh_seeds(b)
         for buf, host in r.copies:
             buf.copy_(host, non_blocking=self.pin)
         if self.pin:

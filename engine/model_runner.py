@@ -18,7 +18,7 @@ from kernels.backend import get_backend
 from kernels.metadata import AttentionMetadata
 from layers.compiled import compile_small_ops
 from layers.parallel_state import get_tp_rank, get_tp_size
-from layers.sampler import Sampler
+from layers.sampler import Sampler, fused_sampler
 from models import get_model_class
 
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
@@ -42,6 +42,7 @@ class StepInputs:
     graph_bucket: int = 0  # > 0: inputs sit in that CUDA graph's static buffers; replay it
     graph_tokens: int = 0  # > 0: a mixed batch in the mixed graph of this many tokens; replay it
     num_rows: int = 0  # real rows (a graph bucket pads past them)
+    graph_sample: bool = False  # a decode graph bucket whose sampling graph samples every row (see launch)
 
 
 @dataclass
@@ -104,9 +105,23 @@ class ModelRunner:
             return None
         mixed_tokens = cfg.max_num_batched_tokens if self.backend.name in MIXED_GRAPH_BACKENDS else 0
         graphs = CUDAGraphRunner(self.model, self.device, cfg.max_num_seqs, cfg.max_model_len, self.block_size,
-                                 mixed_tokens)
+                                 mixed_tokens, self._graph_sampler())
         graphs.capture()
         return graphs
+
+    def _graph_sampler(self):
+        """What the sampling graphs capture: LM head + the fused sampler, exactly as execute + sample_device
+        run them for a decode batch without top-k / top-p; None (no sampling graphs) where the fused sampler
+        is unavailable, or with tensor parallelism (the LM head's gather would need every rank to replay)."""
+        fused = fused_sampler()
+        if fused is None or get_tp_size() > 1:
+            return None
+        model = self.model
+
+        def sample(hidden: torch.Tensor, temperatures: torch.Tensor, seeds: torch.Tensor,
+                   offsets: torch.Tensor) -> torch.Tensor:
+            return fused(model.compute_logits(hidden), temperatures, seeds, offsets)
+        return sample
 
     def release_cuda_graphs(self) -> None:
         """Drop the captured graphs and their memory pool (before a tensor-parallel group is destroyed:
@@ -232,6 +247,7 @@ class ModelRunner:
             num_decode_dev=t["num_decode"] if b.graph_tokens else None,
         )
         gens = self._generators(b.samplers)
+        graphs = self.cuda_graphs
         return StepInputs(
             input_ids=t["input_ids"], positions=t["positions"], meta=meta, sample_rows=t["sample_rows"],
             temperatures=t["temperatures"], top_ks=t["top_ks"] if b.use_top_k else None,
@@ -239,6 +255,9 @@ class ModelRunner:
             generators=gens,
             seeds=t["seeds"], offsets=t["offsets"],
             all_greedy=b.all_greedy, graph_bucket=b.graph_bucket, graph_tokens=b.graph_tokens, num_rows=b.num_rows,
+            # The sampling graph runs what sample_device would (the fused sampler: seeds, no top-k / top-p).
+            graph_sample=bool(b.graph_bucket) and not (b.use_top_k or b.use_top_p) and b.num_samples == b.num_rows
+            and graphs.can_sample(b.graph_bucket),
         )
 
     def _generators(self, samplers: list[Sequence]) -> list[torch.Generator | None] | None:
@@ -302,8 +321,11 @@ class ModelRunner:
                 src = src[torch.tensor(keep, dtype=torch.int64).to(src.device, non_blocking=True)]
             with torch.inference_mode():
                 inputs.input_ids[:len(ordered)].copy_(src.clamp(min=0))  # -1 rows fail; any valid id will do
-        logits = self.execute(inputs)
-        tokens = self.sample_device(logits, inputs) if logits is not None else None
+        if inputs.graph_sample:  # two graph replays: forward, then LM head + sampler
+            tokens = self.cuda_graphs.replay_sampled(inputs.graph_bucket)[:inputs.num_rows]
+        else:
+            logits = self.execute(inputs)
+            tokens = self.sample_device(logits, inputs) if logits is not None else None
         host = ready = None
         if tokens is not None and tokens.is_cuda:
             host = self._host_tokens(tokens.numel())

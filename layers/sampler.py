@@ -33,7 +33,7 @@ class Sampler(nn.Module):
         on every path, so the caller needs no isfinite pass of its own. Without seeds nothing changes.
         """
         if seeds is not None:
-            fused = _fused_sampler() if logits.is_cuda and top_ks is None and top_ps is None else None
+            fused = fused_sampler() if logits.is_cuda and top_ks is None and top_ps is None else None
             if fused is not None:
                 return fused(logits, temperatures.float(), seeds, offsets)
             tokens = self.forward(logits, temperatures, top_ks, top_ps, generators, all_greedy)
@@ -64,7 +64,7 @@ class Sampler(nn.Module):
 
 
 @functools.cache
-def _fused_sampler() -> Callable[..., torch.Tensor] | None:
+def fused_sampler() -> Callable[..., torch.Tensor] | None:
     """kernels.triton_sample.sample, or None where Triton cannot be imported (the torch path then serves)."""
     try:
         from kernels.triton_sample import sample

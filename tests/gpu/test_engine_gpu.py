@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
 
 from benchmarks.random_model import make_random_model  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
+from engine.sampling_params import SamplingParams  # noqa: E402
 from engine_checks import (agreement, engine_argmax, engine_greedy, hf_argmax, hf_continuations,  # noqa: E402
                            hf_model, random_prompts)
 
@@ -110,6 +111,36 @@ def test_cuda_graphs_match_eager(request, model: str, dtype: str, block_size: in
     assert len(prompts[-1]) + len(got[-1]) == MAX_MODEL_LEN
     del graphed, graphs
     release()
+    assert got == want, f"token agreement {agreement(got, want):.4f}"
+
+
+def test_sampling_graphs_match_eager(qwen3_06b_sensitive_dir) -> None:
+    """Seeded temperature sampling (fp32): decode steps that sample inside the sampling graphs (LM head + fused
+    sampler replayed) give the eager engine's tokens; while a top-k request is in the batch, steps take the unfused
+    path, and the steps after it finished sample in the graphs."""
+    prompts, max_tokens = graph_workload(151936, seed=5)
+    params = [SamplingParams(temperature=0.8, seed=100 + i, max_tokens=m, ignore_eos=True, top_k=50 if i == 11 else -1)
+              for i, m in enumerate(max_tokens)]
+
+    def run(engine: LLMEngine) -> list[list[int]]:
+        seqs = [engine.add_request(p, sp, detokenize=False) for p, sp in zip(prompts, params)]
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                assert out.error is None, f"{out.error}\n{getattr(engine, 'last_traceback', '')}"
+        return [s.completion_token_ids for s in seqs]
+
+    eager = make_engine(qwen3_06b_sensitive_dir, "fp32", enforce_eager=True)
+    want = run(eager)
+    del eager
+    release()
+    graphed = make_engine(qwen3_06b_sensitive_dir, "fp32")
+    graphs = graphed.model_runner.cuda_graphs
+    assert graphs is not None and all(graphs.can_sample(b) for b in graphs.buckets)
+    got = run(graphed)
+    sampled, replays = graphs.num_sampled_replays, graphs.num_replays
+    del graphed, graphs
+    release()
+    assert sampled > 0 and replays > sampled  # both paths ran (the top-k request's steps are unfused)
     assert got == want, f"token agreement {agreement(got, want):.4f}"
 
 
