@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from engine.config import Config
-from engine.cuda_graph import GRAPH_BACKENDS, MIXED_GRAPH_BACKENDS, CUDAGraphRunner
+from engine.cuda_graph import GRAPH_BACKENDS, MIXED_GRAPH_BACKENDS, CUDAGraphRunner, SampleFn
 from engine.devices import resolve_device, resolve_dtype
 from engine.input_builder import InputBuilder
 from engine.loader import load_model
@@ -109,7 +109,7 @@ class ModelRunner:
         graphs.capture()
         return graphs
 
-    def _graph_sampler(self):
+    def _graph_sampler(self) -> SampleFn | None:
         """What the sampling graphs capture: LM head + the fused sampler, exactly as execute + sample_device
         run them for a decode batch without top-k / top-p; None (no sampling graphs) where the fused sampler
         is unavailable, or with tensor parallelism (the LM head's gather would need every rank to replay)."""
