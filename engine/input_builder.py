@@ -78,7 +78,6 @@ class _Repeat:
 
     items: list[tuple[Sequence, int]]
     graphs: GraphLayouts | None
-    seqs: list[Sequence]
     host: dict[str, np.ndarray]
     copies: _Copies
     built: BuiltInputs
@@ -319,19 +318,24 @@ class InputBuilder:
         if target is not None and not target.fits(layout):
             raise ValueError(f"batch layout {layout} does not fit the CUDA-graph buffers")
         views, copies = self._device_views(layout, dev, num_samples)
-        for buf, host in copies:
-            buf.copy_(host, non_blocking=self.pin)
-        if self.pin:
-            self._copied = torch.cuda.Event()
-            self._copied.record(self.stream)
+        self._copy(copies)
         built = BuiltInputs(
             tensors=views, layout=layout, graph_bucket=bucket or 0,
             graph_tokens=mixed or 0, num_decode_rows=num_decode, num_samples=len(samplers), num_rows=b,
             max_seqlen_q=1 if is_decode else int(ns.max()), max_seqlen_k=int(ends.max()), is_decode=is_decode,
             all_greedy=bool(all_greedy), use_top_k=bool(use_top_k), use_top_p=bool(use_top_p), samplers=samplers)
         if is_decode and all_done and user_seeds is None:
-            self._repeat = _Repeat(items, graphs, seqs, a, copies, built)
+            self._repeat = _Repeat(items, graphs, a, copies, built)  # built.samplers is seqs
         return built
+
+    def _copy(self, copies: _Copies) -> None:
+        """The step's non-blocking host-to-device copies, and the event the next build waits on before it
+        overwrites the pinned host buffers."""
+        for buf, host in copies:
+            buf.copy_(host, non_blocking=self.pin)
+        if self.pin:
+            self._copied = torch.cuda.Event()
+            self._copied.record(self.stream)
 
     def _build_next(self, r: _Repeat) -> BuiltInputs | None:
         """The last decode batch (the same list) again, one token further on: the pipelined decode run's step.
@@ -356,7 +360,7 @@ class InputBuilder:
         if grew:
             width = last.layout.width
             for i in grew:
-                row = r.seqs[i].block_table
+                row = last.samplers[i].block_table  # every row samples: the batch's sequences
                 if len(row) > width:  # an eager layout sized to the longest table: build afresh
                     self._last_tables = None
                     return None
@@ -367,11 +371,7 @@ class InputBuilder:
         a["context_lens"][:b] += 1
         a["offsets"][:b] += 1
         a["seeds"][:b] = self._fresh_seeds(b)
-        for buf, host in r.copies:
-            buf.copy_(host, non_blocking=self.pin)
-        if self.pin:
-            self._copied = torch.cuda.Event()
-            self._copied.record(self.stream)
+        self._copy(r.copies)
         built = BuiltInputs(
             tensors=last.tensors, layout=last.layout, graph_bucket=last.graph_bucket, graph_tokens=0,
             num_decode_rows=b, num_samples=b, num_rows=b, max_seqlen_q=1, max_seqlen_k=last.max_seqlen_k + 1,
