@@ -7,6 +7,7 @@ batch), then single-stream decode. Two modes: "fixed" generates exactly --max-to
 (EOS ignored, the same work for both); "chat" stops each answer at EOS as a chat does, and counts only
 the tokens up to and including EOS (transformers keeps computing padded rows until the longest answer ends).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,11 +16,21 @@ import time
 import torch
 
 QUESTIONS = [
-    "What is the capital of France?", "Explain photosynthesis in one paragraph.", "Write a haiku about the sea.",
-    "How do airplanes fly?", "Give me three tips for learning Python.", "What is a black hole?",
-    "Summarize the plot of Hamlet.", "Why is the sky blue?", "How does a CPU cache work?",
-    "What are prime numbers?", "Describe a cat to someone who has never seen one.", "What is machine learning?",
-    "How do vaccines work?", "Write a short story opening about a robot.", "What causes the seasons?",
+    "What is the capital of France?",
+    "Explain photosynthesis in one paragraph.",
+    "Write a haiku about the sea.",
+    "How do airplanes fly?",
+    "Give me three tips for learning Python.",
+    "What is a black hole?",
+    "Summarize the plot of Hamlet.",
+    "Why is the sky blue?",
+    "How does a CPU cache work?",
+    "What are prime numbers?",
+    "Describe a cat to someone who has never seen one.",
+    "What is machine learning?",
+    "How do vaccines work?",
+    "Write a short story opening about a robot.",
+    "What causes the seasons?",
     "Explain recursion with an example.",
 ]
 
@@ -34,7 +45,7 @@ def chat_prompts(tokenizer, n: int) -> list[list[int]]:
 
 
 def run_ours(llm, prompts: list[list[int]], max_tokens: int, chat: bool = False) -> tuple[int, float]:
-    from engine import SamplingParams
+    from nanovllm_tui.engine import SamplingParams
 
     sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=not chat)
     start = time.perf_counter()
@@ -48,8 +59,14 @@ def run_hf(model, prompts: list[list[int]], max_tokens: int, pad_id: int, chat: 
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     start = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=max_tokens,
-                             min_new_tokens=None if chat else max_tokens, do_sample=False, pad_token_id=pad_id)
+        out = model.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=max_tokens,
+            min_new_tokens=None if chat else max_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+        )
     elapsed = time.perf_counter() - start
     if not chat:
         return (out.shape[1] - width) * len(prompts), elapsed
@@ -74,8 +91,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
-    from engine import LLM
-    from engine.demo_model import ensure_demo_model
+    from nanovllm_tui.engine import LLM
+    from nanovllm_tui.engine.demo_model import ensure_demo_model
 
     model_dir = args.model or str(ensure_demo_model())
     llm = LLM(model_dir, device="cpu", kvcache_block_size=16, max_model_len=1024)
@@ -94,9 +111,13 @@ def main() -> None:
             hf_tok, hf_s = run_hf(hf, batch, args.max_tokens, pad, chat=mode == "chat")
             rows.append((f"{mode}: {label}", ours_tok, ours_s, hf_tok, hf_s))
     print(f"model {model_dir}, torch threads {torch.get_num_threads()}, {args.max_tokens} new tokens per request")
-    print(f"{'workload':<24}{'ours tok':>9}{'ours s':>9}{'ours tok/s':>11}{'hf tok':>8}{'hf s':>8}{'hf tok/s':>10}{'ratio':>7}")
+    print(
+        f"{'workload':<24}{'ours tok':>9}{'ours s':>9}{'ours tok/s':>11}{'hf tok':>8}{'hf s':>8}{'hf tok/s':>10}{'ratio':>7}"
+    )
     for label, ot, os_, ht, hs in rows:
-        print(f"{label:<24}{ot:>9}{os_:>9.2f}{ot / os_:>11.1f}{ht:>8}{hs:>8.2f}{ht / hs:>10.1f}{(ot / os_) / (ht / hs):>7.2f}")
+        print(
+            f"{label:<24}{ot:>9}{os_:>9.2f}{ot / os_:>11.1f}{ht:>8}{hs:>8.2f}{ht / hs:>10.1f}{(ot / os_) / (ht / hs):>7.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Prints one table row per (batch, mode). Columns:
 Run on the GPU machine:  PYTHONPATH=. python3 benchmarks/engine_step_bench.py
 Smoke run on a CPU:      PYTHONPATH=. python3 benchmarks/engine_step_bench.py --device cpu --tiny --batches 1,8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,18 @@ import time
 import torch
 
 from benchmarks.random_model import make_random_model
-from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
+from nanovllm_tui.engine.llm_engine import LLMEngine
+from nanovllm_tui.engine.sampling_params import SamplingParams
 
-TINY = dict(num_hidden_layers=2, hidden_size=128, intermediate_size=256, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=32, vocab_size=4096)
+TINY = dict(
+    num_hidden_layers=2,
+    hidden_size=128,
+    intermediate_size=256,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    vocab_size=4096,
+)
 
 
 def _sync(device: str) -> None:
@@ -72,10 +80,17 @@ def instrument(engine: LLMEngine, device: str) -> dict[str, list[float]]:
     return times
 
 
-_PHASES = ((lambda e: e.scheduler, "schedule_ahead"), (lambda e: e.scheduler, "commit_ahead"),
-           (lambda e: e.model_runner, "launch"), (lambda e: e.model_runner, "prepare"),
-           (lambda e: e.model_runner, "execute"), (lambda e: e.model_runner, "sample_device"),
-           (lambda e: e.model_runner, "collect"), (lambda e: e, "_process"), (lambda e: e, "_record"))
+_PHASES = (
+    (lambda e: e.scheduler, "schedule_ahead"),
+    (lambda e: e.scheduler, "commit_ahead"),
+    (lambda e: e.model_runner, "launch"),
+    (lambda e: e.model_runner, "prepare"),
+    (lambda e: e.model_runner, "execute"),
+    (lambda e: e.model_runner, "sample_device"),
+    (lambda e: e.model_runner, "collect"),
+    (lambda e: e, "_process"),
+    (lambda e: e, "_record"),
+)
 
 
 def _time_phases(engine: LLMEngine) -> dict[str, float]:
@@ -92,13 +107,24 @@ def _time_phases(engine: LLMEngine) -> dict[str, float]:
             out = _f(*args, **kwargs)
             acc[_key] = acc.get(_key, 0.0) + clock() - t0
             return out
+
         setattr(obj, name, timed)
     return acc
 
 
-def bench_batch(engine: LLMEngine, batch: int, prompt_len: int, steps: int, warmup: int, device: str,
-                vocab: int, stream: bool = True, profile: bool = False, profile_dir: str | None = None,
-                phase_split: bool = False) -> dict[str, float]:
+def bench_batch(
+    engine: LLMEngine,
+    batch: int,
+    prompt_len: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    vocab: int,
+    stream: bool = True,
+    profile: bool = False,
+    profile_dir: str | None = None,
+    phase_split: bool = False,
+) -> dict[str, float]:
     gen = torch.Generator().manual_seed(batch)
     # Early prefills start decoding while later ones still prefill: leave room so none finishes inside the window.
     prefill_steps = -(-batch * prompt_len // engine.config.max_num_batched_tokens) + 1
@@ -106,9 +132,17 @@ def bench_batch(engine: LLMEngine, batch: int, prompt_len: int, steps: int, warm
     sp = SamplingParams(temperature=0, max_tokens=warmup + runs * steps + prefill_steps + 2, ignore_eos=True)
     seqs = []
     for _ in range(batch):
-        seqs.append(engine.add_request(torch.randint(0, vocab, (prompt_len,), generator=gen).tolist(), sp,
-                                       detokenize=False, **({} if stream else {"stream": False})))
-    while any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running) or engine.scheduler.waiting:
+        seqs.append(
+            engine.add_request(
+                torch.randint(0, vocab, (prompt_len,), generator=gen).tolist(),
+                sp,
+                detokenize=False,
+                **({} if stream else {"stream": False}),
+            )
+        )
+    while (
+        any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running) or engine.scheduler.waiting
+    ):
         for out in engine.step():  # prefills (and the first decodes of early finishers)
             if out.error:
                 print(getattr(engine, "last_traceback", ""))
@@ -142,9 +176,12 @@ def bench_batch(engine: LLMEngine, batch: int, prompt_len: int, steps: int, warm
             # execute / sample are not called when a decode step samples inside its sampling graph
             split["launch"] -= sum(split.get(k, 0.0) for k in ("prepare", "execute", "sample"))
             split["rest"] = (wall - wait) * 1e6 - sum(v for k, v in split.items())
-            print(f"  batch {batch} host phases (mean us/step; launch = what launch adds to prepare/execute/sample (the "
-                  "sampling graphs' replays, when they run), "
-                  "collect without the wait): " + "  ".join(f"{k} {v:.0f}" for k, v in split.items()), flush=True)
+            print(
+                f"  batch {batch} host phases (mean us/step; launch = what launch adds to prepare/execute/sample (the "
+                "sampling graphs' replays, when they run), "
+                "collect without the wait): " + "  ".join(f"{k} {v:.0f}" for k, v in split.items()),
+                flush=True,
+            )
         del runner.collect
         if phases is not None:
             for obj, name in _PHASES:
@@ -162,8 +199,7 @@ def bench_batch(engine: LLMEngine, batch: int, prompt_len: int, steps: int, warm
         while engine.has_unfinished_requests():
             engine.step()
         nan = float("nan")
-        return dict(step_ms=wall * 1e3, gpu_ms=wait * 1e3, host_us=(wall - wait) * 1e6, prepare_us=nan,
-                    runner_us=nan)
+        return dict(step_ms=wall * 1e3, gpu_ms=wait * 1e3, host_us=(wall - wait) * 1e6, prepare_us=nan, runner_us=nan)
     times = instrument(engine, device)
     walls = []
     for i in range(warmup + steps):
@@ -184,8 +220,13 @@ def bench_batch(engine: LLMEngine, batch: int, prompt_len: int, steps: int, warm
     del engine.model_runner.prepare, engine.model_runner.execute, engine.model_runner.sample_device
     med = [statistics.median(col) for col in zip(*walls)]
     wall, prep, exe, wait, samp = med
-    return dict(step_ms=wall * 1e3, gpu_ms=wait * 1e3, host_us=(wall - wait) * 1e6, prepare_us=prep * 1e6,
-                runner_us=(prep + exe + samp) * 1e6)
+    return dict(
+        step_ms=wall * 1e3,
+        gpu_ms=wait * 1e3,
+        host_us=(wall - wait) * 1e6,
+        prepare_us=prep * 1e6,
+        runner_us=(prep + exe + samp) * 1e6,
+    )
 
 
 def main() -> None:
@@ -198,47 +239,79 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--block-size", type=int, default=256)
-    ap.add_argument("--modes", default="graphs-async,graphs,eager",
-                    help="graphs / eager, each optionally -nocompile (small ops not torch.compile'd), -async "
-                         "(pipelined decoding) and -final (requests not streamed)")
+    ap.add_argument(
+        "--modes",
+        default="graphs-async,graphs,eager",
+        help="graphs / eager, each optionally -nocompile (small ops not torch.compile'd), -async "
+        "(pipelined decoding) and -final (requests not streamed)",
+    )
     ap.add_argument("--cprofile", action="store_true", help="print a cProfile of each -async mode's steps")
     ap.add_argument("--phases", action="store_true", help="split each -async mode's host time by phase")
     ap.add_argument("--profile-dir", help="with --cprofile: also save each profile there (pstats files)")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer random Qwen3 (CPU smoke runs)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    model = args.model or str(make_random_model(tempfile.mkdtemp(prefix="bench-qwen3-"), seed=0,
-                                                device=args.device, **(TINY if args.tiny else {})))
+    model = args.model or str(
+        make_random_model(
+            tempfile.mkdtemp(prefix="bench-qwen3-"), seed=0, device=args.device, **(TINY if args.tiny else {})
+        )
+    )
     if args.device.startswith("cuda"):
         print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     rows = []
     for mode in args.modes.split(","):
         kv = {} if args.device.startswith("cuda") else dict(num_kvcache_blocks=max(batches) * 4)
         t = time.perf_counter()
-        engine = LLMEngine(model, device=args.device, dtype=args.dtype, kvcache_block_size=args.block_size,
-                           max_num_seqs=max(batches), max_model_len=2048, enforce_eager=mode.startswith("eager"),
-                           compile_small_ops="nocompile" not in mode, async_scheduling="async" in mode, **kv)
+        engine = LLMEngine(
+            model,
+            device=args.device,
+            dtype=args.dtype,
+            kvcache_block_size=args.block_size,
+            max_num_seqs=max(batches),
+            max_model_len=2048,
+            enforce_eager=mode.startswith("eager"),
+            compile_small_ops="nocompile" not in mode,
+            async_scheduling="async" in mode,
+            **kv,
+        )
         init_s = time.perf_counter() - t
         runner = engine.model_runner
-        print(f"[{mode}] init {init_s:.1f}s, backend {runner.backend.name}, KV blocks {runner.num_kvcache_blocks}, "
-              f"compiled ops {runner.compiled}, graphs {runner.cuda_graphs.buckets if runner.cuda_graphs else None}", flush=True)
+        print(
+            f"[{mode}] init {init_s:.1f}s, backend {runner.backend.name}, KV blocks {runner.num_kvcache_blocks}, "
+            f"compiled ops {runner.compiled}, graphs {runner.cuda_graphs.buckets if runner.cuda_graphs else None}",
+            flush=True,
+        )
         vocab = engine.config.hf_config.vocab_size
         for b in batches:
-            r = bench_batch(engine, b, args.prompt_len, args.steps, args.warmup, args.device, vocab,
-                            stream="final" not in mode, profile=args.cprofile and "async" in mode,
-                            profile_dir=args.profile_dir, phase_split=args.phases and "async" in mode)
+            r = bench_batch(
+                engine,
+                b,
+                args.prompt_len,
+                args.steps,
+                args.warmup,
+                args.device,
+                vocab,
+                stream="final" not in mode,
+                profile=args.cprofile and "async" in mode,
+                profile_dir=args.profile_dir,
+                phase_split=args.phases and "async" in mode,
+            )
             rows.append((b, mode, r))
             print(f"  batch {b}: {r}", flush=True)
         del engine, runner
         gc.collect()
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    print(f"\nEngine decode step, {args.dtype}, block {args.block_size}, prompt {args.prompt_len} tokens, "
-          f"median of {args.steps} steps")
+    print(
+        f"\nEngine decode step, {args.dtype}, block {args.block_size}, prompt {args.prompt_len} tokens, "
+        f"median of {args.steps} steps"
+    )
     print(f"{'batch':>5} {'mode':>16} {'step ms':>8} {'gpu ms':>7} {'host us':>8} {'prepare us':>10} {'runner us':>9}")
     for b, mode, r in sorted(rows, key=lambda x: x[0]):
-        print(f"{b:>5} {mode:>16} {r['step_ms']:>8.3f} {r['gpu_ms']:>7.3f} {r['host_us']:>8.0f} "
-              f"{r['prepare_us']:>10.0f} {r['runner_us']:>9.0f}")
+        print(
+            f"{b:>5} {mode:>16} {r['step_ms']:>8.3f} {r['gpu_ms']:>7.3f} {r['host_us']:>8.0f} "
+            f"{r['prepare_us']:>10.0f} {r['runner_us']:>9.0f}"
+        )
 
 
 if __name__ == "__main__":

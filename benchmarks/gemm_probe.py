@@ -3,6 +3,7 @@ Qwen3-0.6B's projection shapes and decode batch sizes (bf16, L2 flushed between 
 
     PYTHONPATH=. python3 benchmarks/gemm_probe.py
 """
+
 from __future__ import annotations
 
 import itertools
@@ -17,14 +18,30 @@ from triton.testing import do_bench
 SHAPES = {"qkv": (4096, 1024), "o_proj": (1024, 2048), "gate_up": (6144, 1024), "down": (1024, 3072)}
 BATCHES = (16, 64, 128, 256)
 
+
 def _configs(splits: tuple[int, ...]) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w, num_stages=s)
-            for bm, bn, bk, sk, w, s in itertools.product((16, 64), (32, 64, 128), (64, 128), splits, (4,), (3, 4))]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w, num_stages=s)
+        for bm, bn, bk, sk, w, s in itertools.product((16, 64), (32, 64, 128), (64, 128), splits, (4,), (3, 4))
+    ]
 
 
 @triton.jit
-def _linear_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+def _linear_kernel(
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+):
     """y[M, N] = x[M, K] @ w[N, K]^T; SPLIT_K > 1 adds partial sums into an fp32 y with atomics."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -62,8 +79,10 @@ def triton_linear(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
-    print(f"{'shape':>8} {'M':>5} {'cublas us':>10} {'direct us':>10} {'split us':>9} {'best':>6} "
-          f"{'direct config':>44} {'max err':>9}")
+    print(
+        f"{'shape':>8} {'M':>5} {'cublas us':>10} {'direct us':>10} {'split us':>9} {'best':>6} "
+        f"{'direct config':>44} {'max err':>9}"
+    )
     totals = {m: [0.0, 0.0] for m in BATCHES}
     for (name, (n, k)), m in itertools.product(SHAPES.items(), BATCHES):
         x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
@@ -82,8 +101,10 @@ def main() -> None:
         totals[m][1] += best
         cfg = _direct.best_config
         desc = f"{cfg.kwargs} w{cfg.num_warps} s{cfg.num_stages}".replace("BLOCK_", "").replace("'", "")
-        print(f"{name:>8} {m:>5} {t_ref * 1e3:>10.1f} {t_dir * 1e3:>10.1f} {t_spl * 1e3:>9.1f} "
-              f"{best / t_ref:>6.2f} {desc:>44} {err:>9.2e}")
+        print(
+            f"{name:>8} {m:>5} {t_ref * 1e3:>10.1f} {t_dir * 1e3:>10.1f} {t_spl * 1e3:>9.1f} "
+            f"{best / t_ref:>6.2f} {desc:>44} {err:>9.2e}"
+        )
     for m, (a, b) in totals.items():
         print(f"per layer, M={m}: cuBLAS {a * 1e3:.1f} us, best Triton {b * 1e3:.1f} us ({b / a:.2f}x)")
 

@@ -7,6 +7,7 @@ token, as the service asks, here without detokenizing) and final-only (LLM.gener
 
     PYTHONPATH=. python benchmarks/host_step_bench.py [--seqs 1,64,256] [--steps 300] [--sync] [--phases] [--profile]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,10 @@ import time
 
 import torch
 
-from engine.demo_model import ensure_demo_model
-from engine.input_builder import InputBuilder
-from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
+from nanovllm_tui.engine.demo_model import ensure_demo_model
+from nanovllm_tui.engine.execution.input_builder import InputBuilder
+from nanovllm_tui.engine.llm_engine import LLMEngine
+from nanovllm_tui.engine.sampling_params import SamplingParams
 
 
 class _NoForwardRunner:
@@ -63,6 +64,7 @@ def _time_phases(engine: LLMEngine) -> dict[str, float]:
             out = f(*args, **kwargs)
             acc[key] = acc.get(key, 0.0) + clock() - t
             return out
+
         setattr(obj, name, timed)
 
     wrap(engine.scheduler, "schedule", "schedule")
@@ -74,11 +76,24 @@ def _time_phases(engine: LLMEngine) -> dict[str, float]:
     return acc
 
 
-def measure(model: str, num_seqs: int, steps: int, profile: bool, pipelined: bool = True,
-            phases: bool = False, stream: bool = True) -> float:
-    engine = _HostOnlyEngine(model, kvcache_block_size=256, num_kvcache_blocks=num_seqs * 8 + 8,
-                             max_num_seqs=num_seqs, max_model_len=4096, max_num_batched_tokens=8192,
-                             async_scheduling=pipelined)
+def measure(
+    model: str,
+    num_seqs: int,
+    steps: int,
+    profile: bool,
+    pipelined: bool = True,
+    phases: bool = False,
+    stream: bool = True,
+) -> float:
+    engine = _HostOnlyEngine(
+        model,
+        kvcache_block_size=256,
+        num_kvcache_blocks=num_seqs * 8 + 8,
+        max_num_seqs=num_seqs,
+        max_model_len=4096,
+        max_num_batched_tokens=8192,
+        async_scheduling=pipelined,
+    )
     sp = SamplingParams(temperature=0.6, max_tokens=3000, ignore_eos=True)
     for i in range(num_seqs):
         engine.add_request(list(range(100, 600 + i)), sp, detokenize=False, stream=stream)
@@ -96,8 +111,11 @@ def measure(model: str, num_seqs: int, steps: int, profile: bool, pipelined: boo
         total = sum(times)
         split = {k: v / steps * 1e6 for k, v in acc.items()}
         split["rest"] = (total - sum(acc.values())) / steps * 1e6
-        print(f"{num_seqs:>8} {'streamed' if stream else 'final-only'} phases (mean us/step, timer overhead included): "
-              + "  ".join(f"{k} {v:.0f}" for k, v in split.items()), flush=True)
+        print(
+            f"{num_seqs:>8} {'streamed' if stream else 'final-only'} phases (mean us/step, timer overhead included): "
+            + "  ".join(f"{k} {v:.0f}" for k, v in split.items()),
+            flush=True,
+        )
     if profile:
         prof = cProfile.Profile()
         prof.runcall(lambda: [engine.step() for _ in range(100)])
@@ -118,8 +136,12 @@ def main() -> None:
     sizes = [int(s) for s in args.seqs.split(",")]
     print(f"{'decodes':>8} {'streamed us/step':>17} {'final-only us/step':>19}")
     for n in sizes:
-        us = [measure(model, n, args.steps, args.profile and n == max(sizes) and stream, not args.sync, args.phases,
-                      stream) for stream in (True, False)]
+        us = [
+            measure(
+                model, n, args.steps, args.profile and n == max(sizes) and stream, not args.sync, args.phases, stream
+            )
+            for stream in (True, False)
+        ]
         print(f"{n:>8} {us[0]:>17.0f} {us[1]:>19.0f}", flush=True)
 
 

@@ -3,6 +3,7 @@ it first) and incremental detokenization with thousands of stop strings, in ms.
 
     PYTHONPATH=. python3 benchmarks/hostile_input_bench.py [--model DIR] [--tokens 300]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,8 @@ import time
 
 from transformers import AutoTokenizer
 
-from engine.detokenizer import IncrementalDetokenizer
-from engine.prompt_check import check_prompt_text
+from nanovllm_tui.engine.text.detokenizer import IncrementalDetokenizer
+from nanovllm_tui.engine.text.prompt_check import check_prompt_text
 
 
 def ms(fn) -> float:
@@ -27,7 +28,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=300, help="tokens streamed per stop-string case")
     args = ap.parse_args()
     if args.model is None:
-        from engine.demo_model import ensure_demo_model
+        from nanovllm_tui.engine.demo_model import ensure_demo_model
+
         args.model = str(ensure_demo_model())
     tok = AutoTokenizer.from_pretrained(args.model)
     rng = random.Random(0)
@@ -35,7 +37,9 @@ def main() -> None:
     mb = "hello world " * 87382
     print("| 1 MB prompt (max_model_len=4096) | ms |")
     print("|---|---|")
-    print(f"| tokenizer.encode (what rejection used to cost) | {ms(lambda: tok.encode(mb, add_special_tokens=False)):.0f} |")
+    print(
+        f"| tokenizer.encode (what rejection used to cost) | {ms(lambda: tok.encode(mb, add_special_tokens=False)):.0f} |"
+    )
 
     def reject() -> None:
         try:
@@ -43,6 +47,7 @@ def main() -> None:
         except ValueError:
             return
         raise AssertionError("a 1 MB prompt must not fit 4096 tokens")
+
     print(f"| check_prompt_text rejection | {ms(reject):.1f} |")
 
     ids = [rng.randrange(200, 40000) for _ in range(args.tokens)]
@@ -58,6 +63,7 @@ def main() -> None:
             for t in ids:
                 d.add_tokens([t])
                 d.take_delta()
+
         per_token = ms(stream) / len(ids)
         print(f"| {count} x {length} chars | {build:.1f} | {per_token:.3f} |")
 

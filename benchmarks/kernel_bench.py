@@ -1,4 +1,5 @@
 """GPU benchmark of the Triton attention kernels: decode bandwidth vs a device copy, prefill time vs SDPA flash."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
-from kernels import triton_decode, triton_prefill
+from nanovllm_tui.kernels import triton_decode, triton_prefill
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM = 16, 8, 128  # Qwen3-0.6B
 DTYPE = torch.bfloat16
@@ -46,7 +47,7 @@ def decode_case(batch: int, context: int | list[int], block_size: int, table_tok
     tables = torch.zeros(batch, width, dtype=torch.int32, device="cuda")
     used = 0
     for b, n in enumerate(need):
-        tables[b, :n] = perm[used:used + n]
+        tables[b, :n] = perm[used : used + n]
         used += n
     ctx = torch.tensor(lens, dtype=torch.int32, device="cuda")
     q = torch.randn(batch, NUM_HEADS, HEAD_DIM, dtype=DTYPE, device="cuda")
@@ -61,21 +62,27 @@ def decode_bytes(batch: int, context: int | list[int]) -> int:
 
 
 def run_decode(copy_gbs: float) -> None:
-    print(f"\nDecode attention (bf16, Hq={NUM_HEADS}, Hkv={NUM_KV_HEADS}, D={HEAD_DIM}); copy bandwidth {copy_gbs:.0f} GB/s")
+    print(
+        f"\nDecode attention (bf16, Hq={NUM_HEADS}, Hkv={NUM_KV_HEADS}, D={HEAD_DIM}); copy bandwidth {copy_gbs:.0f} GB/s"
+    )
     print(f"{'batch':>6} {'context':>8} {'block':>6} {'splits':>6} {'time us':>9} {'GB/s':>7} {'of copy':>8}")
     for batch, context, block_size in DECODE_CASES:
         q, k_cache, v_cache, ctx, tables = decode_case(batch, context, block_size)
-        splits = triton_decode.choose_num_splits(batch, NUM_KV_HEADS, tables.shape[1], block_size,
-                                                 triton_decode._num_sms(0))
-        ms = bench_ms(lambda: triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, HEAD_DIM ** -0.5))
+        splits = triton_decode.choose_num_splits(
+            batch, NUM_KV_HEADS, tables.shape[1], block_size, triton_decode._num_sms(0)
+        )
+        ms = bench_ms(lambda: triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, HEAD_DIM**-0.5))
         gbs = decode_bytes(batch, context) / ms / 1e6
-        print(f"{batch:>6} {context:>8} {block_size:>6} {splits:>6} {ms * 1e3:>9.1f} {gbs:>7.0f} {gbs / copy_gbs:>8.1%}")
+        print(
+            f"{batch:>6} {context:>8} {block_size:>6} {splits:>6} {ms * 1e3:>9.1f} {gbs:>7.0f} {gbs / copy_gbs:>8.1%}"
+        )
         del q, k_cache, v_cache
 
 
 def split_sweep(copy_gbs: float) -> None:
     """Fraction of copy bandwidth for each (batch, splits) on ragged contexts (to pick the split rule)."""
     import random
+
     rng = random.Random(1)
     counts = (1, 2, 3, 4, 6, 8, 12, 16)
     print("\nSplit sweep: ragged contexts in [100, 2048], tables 4096 wide, block 256, min split 256 tokens")
@@ -85,8 +92,10 @@ def split_sweep(copy_gbs: float) -> None:
         q, k_cache, v_cache, ctx, tables = decode_case(batch, lens, 256, table_tokens=4096)
         row = []
         for splits in counts:
-            ms = bench_ms(lambda: triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, 0.1,
-                                                                       num_splits=splits), rep=50)
+            ms = bench_ms(
+                lambda: triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, 0.1, num_splits=splits),
+                rep=50,
+            )
             row.append(decode_bytes(batch, lens) / ms / 1e6 / copy_gbs)
         print(f"{batch:>6} " + " ".join(f"{r:>6.1%}" for r in row))
         del q, k_cache, v_cache
@@ -108,7 +117,7 @@ def run_prefill(block_size: int, rep: int = 200) -> None:
     cu = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device="cuda")
     ctx = torch.full((batch,), seqlen, dtype=torch.int32, device="cuda")
     q_flat = q.view(-1, NUM_HEADS, HEAD_DIM)
-    scale = HEAD_DIM ** -0.5
+    scale = HEAD_DIM**-0.5
 
     def ours() -> torch.Tensor:
         return triton_prefill.paged_prefill_attention(q_flat, k_cache, v_cache, cu, ctx, tables, scale, seqlen)
@@ -125,8 +134,10 @@ def run_prefill(block_size: int, rep: int = 200) -> None:
     err = (ours().view(batch, seqlen, NUM_HEADS, HEAD_DIM).float() - sdpa().transpose(1, 2).float()).abs().max()
     t_ours, t_sdpa = bench_ms(ours, rep), bench_ms(sdpa, rep)
     flops = 4 * batch * NUM_HEADS * seqlen * seqlen / 2 * HEAD_DIM
-    print(f"{block_size:>6} {t_ours * 1e3:>10.1f} {t_sdpa * 1e3:>10.1f} {t_ours / t_sdpa:>7.2f}x "
-          f"{flops / t_ours / 1e9:>8.0f} {flops / t_sdpa / 1e9:>8.0f} {float(err):>9.2e}")
+    print(
+        f"{block_size:>6} {t_ours * 1e3:>10.1f} {t_sdpa * 1e3:>10.1f} {t_ours / t_sdpa:>7.2f}x "
+        f"{flops / t_ours / 1e9:>8.0f} {flops / t_sdpa / 1e9:>8.0f} {float(err):>9.2e}"
+    )
 
 
 def sweep(copy_gbs: float, seconds: float) -> None:
@@ -149,9 +160,12 @@ def sweep(copy_gbs: float, seconds: float) -> None:
     default_config = triton_decode._config
     for batch, context, block_size in DECODE_CASES:
         q, k_cache, v_cache, ctx, tables = decode_case(batch, context, block_size)
-        base = triton_decode.choose_num_splits(batch, NUM_KV_HEADS, tables.shape[1], block_size,
-                                               triton_decode._num_sms(0))
-        for block_n, warps, stages, splits in itertools.product((32, 64, 128), (4,), (2, 3, 4), sorted({base, 2 * base})):
+        base = triton_decode.choose_num_splits(
+            batch, NUM_KV_HEADS, tables.shape[1], block_size, triton_decode._num_sms(0)
+        )
+        for block_n, warps, stages, splits in itertools.product(
+            (32, 64, 128), (4,), (2, 3, 4), sorted({base, 2 * base})
+        ):
             if time.monotonic() > deadline:
                 break
             triton_decode._config = lambda *_: (block_n, warps, stages)
@@ -162,7 +176,9 @@ def sweep(copy_gbs: float, seconds: float) -> None:
                 print(f"  {batch} {context} {block_size} | {block_n} {warps} {stages} {splits} -> {type(exc).__name__}")
                 continue
             frac = decode_bytes(batch, context) / ms / 1e6 / copy_gbs
-            print(f"  {batch} {context} {block_size} | {block_n} {warps} {stages} {splits} -> {ms * 1e3:.1f} {frac:.1%}")
+            print(
+                f"  {batch} {context} {block_size} | {block_n} {warps} {stages} {splits} -> {ms * 1e3:.1f} {frac:.1%}"
+            )
         del q, k_cache, v_cache
     triton_decode._config = default_config
 
@@ -170,8 +186,9 @@ def sweep(copy_gbs: float, seconds: float) -> None:
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # stream through tee even if the run is cut short
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sweep", type=float, default=0.0, metavar="SECONDS",
-                        help="also try other kernel settings for up to SECONDS")
+    parser.add_argument(
+        "--sweep", type=float, default=0.0, metavar="SECONDS", help="also try other kernel settings for up to SECONDS"
+    )
     parser.add_argument("--split-sweep", action="store_true", help="only the decode split-count sweep")
     args = parser.parse_args()
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")

@@ -5,6 +5,7 @@ ops by time, so RESULTS.md can say where the time goes instead of guessing.
 
     PYTHONPATH=. python3 benchmarks/profile_step.py [--batch 256] [--prompt-len 768] [--steps 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,14 +17,17 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.random_model import make_random_model
-from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
+from nanovllm_tui.engine.llm_engine import LLMEngine
+from nanovllm_tui.engine.sampling_params import SamplingParams
 
 
 def _table(prof, key: str, n: int, steps: int) -> None:
     # Device time: kernels only (an aten op's own row repeats its kernels' time); host time: every op.
-    rows = [e for e in prof.key_averages() if getattr(e, key) > 0
-            and ("device" not in key or e.device_type == DeviceType.CUDA)]
+    rows = [
+        e
+        for e in prof.key_averages()
+        if getattr(e, key) > 0 and ("device" not in key or e.device_type == DeviceType.CUDA)
+    ]
     rows.sort(key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in rows)
     label = "device" if "device" in key else "host"
@@ -33,7 +37,7 @@ def _table(prof, key: str, n: int, steps: int) -> None:
 
 
 def _kernel_us(prof, steps: int) -> float:
-    """Summed device time of kernels/memcpys (self time, so nothing is counted twice)."""
+    """Summed device time of nanovllm_tui/kernels/memcpys (self time, so nothing is counted twice)."""
     return sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA) / steps
 
 
@@ -47,8 +51,10 @@ def _profile(engine: LLMEngine, steps: int, label: str, check) -> None:
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t) / steps * 1e6
     kernels = _kernel_us(prof, steps)
-    print(f"\n== {label}: {steps} steps, wall {wall / 1e3:.3f} ms per step (under the profiler), kernel time "
-          f"{kernels / 1e3:.3f} ms per step, GPU idle {max(wall - kernels, 0):.0f} us per step")
+    print(
+        f"\n== {label}: {steps} steps, wall {wall / 1e3:.3f} ms per step (under the profiler), kernel time "
+        f"{kernels / 1e3:.3f} ms per step, GPU idle {max(wall - kernels, 0):.0f} us per step"
+    )
     _table(prof, "self_device_time_total", 25, steps)
     _table(prof, "self_cpu_time_total", 25, steps)
 
@@ -75,8 +81,15 @@ def main() -> None:
     ap.add_argument("--sync", action="store_true", help="no pipelined decoding (async_scheduling=False)")
     args = ap.parse_args()
     model = args.model or str(make_random_model(tempfile.mkdtemp(prefix="prof-qwen3-"), seed=0, device="cuda"))
-    engine = LLMEngine(model, dtype="bf16", kvcache_block_size=256, max_num_seqs=args.batch, max_model_len=4096,
-                       enforce_eager=args.enforce_eager, async_scheduling=not args.sync)
+    engine = LLMEngine(
+        model,
+        dtype="bf16",
+        kvcache_block_size=256,
+        max_num_seqs=args.batch,
+        max_model_len=4096,
+        enforce_eager=args.enforce_eager,
+        async_scheduling=not args.sync,
+    )
     vocab = engine.config.hf_config.vocab_size
     gen = torch.Generator().manual_seed(0)
     sp = SamplingParams(temperature=args.temperature, max_tokens=1000, ignore_eos=True)
@@ -86,7 +99,9 @@ def main() -> None:
 
     for _ in range(args.batch):
         engine.add_request(prompt(), sp, detokenize=False)
-    while engine.scheduler.waiting or any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running):
+    while engine.scheduler.waiting or any(
+        s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running
+    ):
         engine.step()
 
     def is_decode(s) -> None:
@@ -94,10 +109,14 @@ def main() -> None:
 
     for _ in range(5):
         engine.step()
-    print(f"GPU {torch.cuda.get_device_name()}, batch {args.batch}, context ~{args.prompt_len}, "
-          f"temperature {args.temperature}, graphs {engine.model_runner.cuda_graphs is not None}")
-    print(f"pure decode: wall {_wall(engine, args.steps, is_decode) * 1e3:.3f} ms per step (no profiler), "
-          f"pipelined {engine.config.async_scheduling}")
+    print(
+        f"GPU {torch.cuda.get_device_name()}, batch {args.batch}, context ~{args.prompt_len}, "
+        f"temperature {args.temperature}, graphs {engine.model_runner.cuda_graphs is not None}"
+    )
+    print(
+        f"pure decode: wall {_wall(engine, args.steps, is_decode) * 1e3:.3f} ms per step (no profiler), "
+        f"pipelined {engine.config.async_scheduling}"
+    )
     _profile(engine, args.steps, "pure decode", is_decode)
 
     # Mixed steps: half the batch finishes, new prompts arrive and prefill beside the remaining decodes.

@@ -5,16 +5,17 @@ median of --iters) and GB/s against the logits' bytes (bf16 [B, V]: read once is
 
     PYTHONPATH=. python3 benchmarks/sample_bench.py [--vocab 151936] [--iters 200] [--sweep]
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from layers.sampler import Sampler
+from nanovllm_tui.layers.sampler import Sampler
 
 BATCHES = (1, 64, 256)
 TEMPERATURES = (0.6, 0.0)
@@ -58,7 +59,7 @@ def inputs(batch: int, vocab: int, temperature: float):
 
 
 def run_table(vocab: int, iters: int) -> None:
-    from kernels.triton_sample import sample
+    from nanovllm_tui.kernels.triton_sample import sample
 
     sampler = Sampler()
     print(f"\nSampling, bf16 logits [B, {vocab}]; {torch.cuda.get_device_name()}; median of {iters} calls, L2 flushed")
@@ -70,8 +71,10 @@ def run_table(vocab: int, iters: int) -> None:
             old_us = time_us(lambda: old_path(sampler, logits, temps, greedy), iters)
             new_us = time_us(lambda: sample(logits, temps, seeds, offsets), iters)
             nbytes = logits.numel() * logits.element_size()
-            print(f"{batch:>6} {temperature:>5} {old_us:>9.1f} {nbytes / old_us / 1e3:>9.0f} "
-                  f"{new_us:>9.1f} {nbytes / new_us / 1e3:>10.0f} {old_us / new_us:>7.1f}x")
+            print(
+                f"{batch:>6} {temperature:>5} {old_us:>9.1f} {nbytes / old_us / 1e3:>9.0f} "
+                f"{new_us:>9.1f} {nbytes / new_us / 1e3:>10.0f} {old_us / new_us:>7.1f}x"
+            )
             del logits
 
 
@@ -80,7 +83,7 @@ def run_sweep(vocab: int, iters: int) -> None:
 
     The tile is patched into the module for the sweep only: it fixes which Philox word each token gets,
     so changing it for real changes seeded outputs."""
-    from kernels import triton_sample
+    from nanovllm_tui.kernels import triton_sample
 
     sms = triton_sample._num_sms(0)
     default_tile = triton_sample.NOISE_TILE
@@ -96,14 +99,20 @@ def run_sweep(vocab: int, iters: int) -> None:
                     cells = []
                     for splits in sorted({s for s in (1, 2, 4, 8, 16, 32, 64, 128) if s <= num_tiles} | {default}):
                         for w in (2, 4, 8):
-                            us = time_us(lambda: triton_sample.sample(logits, temps, seeds, offsets,
-                                                                      num_splits=splits, num_warps=w), iters)
+                            us = time_us(
+                                lambda: triton_sample.sample(
+                                    logits, temps, seeds, offsets, num_splits=splits, num_warps=w
+                                ),
+                                iters,
+                            )
                             cells.append((us, f"s{splits}w{w}"))
                     best = sorted(cells)[:4]
                     warps = triton_sample.NUM_WARPS
                     dflt = [f"{u:.1f}" for u, c in cells if c == f"s{default}w{warps}"]
-                    print(f"  t={tile} B={batch} T={temperature}: default s{default}w{warps} {dflt[0]} us; best "
-                          + ", ".join(f"{c} {u:.1f}" for u, c in best))
+                    print(
+                        f"  t={tile} B={batch} T={temperature}: default s{default}w{warps} {dflt[0]} us; best "
+                        + ", ".join(f"{c} {u:.1f}" for u, c in best)
+                    )
     finally:
         triton_sample.NOISE_TILE = default_tile
 

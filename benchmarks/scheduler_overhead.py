@@ -1,17 +1,18 @@
 """Scheduler + block manager cost per step with no model: N running decodes, µs per step.
 
-    python benchmarks/scheduler_overhead.py [--steps 2000] [--block-size 16]
+python benchmarks/scheduler_overhead.py [--steps 2000] [--block-size 16]
 """
+
 from __future__ import annotations
 
 import argparse
 import random
 import time
 
-from engine.block_manager import BlockManager
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
-from engine.sequence import Sequence
+from nanovllm_tui.engine.sampling_params import SamplingParams
+from nanovllm_tui.engine.scheduling.block_manager import BlockManager
+from nanovllm_tui.engine.scheduling.scheduler import Scheduler
+from nanovllm_tui.engine.scheduling.sequence import Sequence
 
 
 def measure(num_seqs: int, steps: int, block_size: int, policy: str) -> tuple[float, float]:
@@ -50,7 +51,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--block-size", type=int, default=16)
     args = ap.parse_args()
-    print(f"{'policy':<14}{'running decodes':>16}{'block size':>12}{'schedule µs':>13}{'+ bookkeeping µs':>18}{'target':>8}")
+    print(
+        f"{'policy':<14}{'running decodes':>16}{'block size':>12}{'schedule µs':>13}{'+ bookkeeping µs':>18}{'target':>8}"
+    )
     for policy in ("mixed", "prefill_first"):
         for n in (256, 512):
             sched_us, total_us = measure(n, args.steps, args.block_size, policy)

@@ -10,6 +10,7 @@ when the reader thread received the delta), so streaming's numbers include the h
     python benchmarks/streaming_bench.py                 # SmolLM2-135M demo model on CPU
     python benchmarks/streaming_bench.py --model DIR --device cuda --max-tokens 128
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,27 @@ import time
 import numpy as np
 import torch
 
-from engine import LLM, SamplingParams
-from engine.service import EngineService
+from nanovllm_tui.engine import LLM, SamplingParams
+from nanovllm_tui.engine.serving.thread_service import EngineService
 
-TOPICS = ["the sea", "a lighthouse", "mountains", "a robot", "coffee", "winter", "a library", "trains",
-          "the moon", "a garden", "bees", "a city at night", "rain", "a violin", "deserts", "an old map"]
+TOPICS = [
+    "the sea",
+    "a lighthouse",
+    "mountains",
+    "a robot",
+    "coffee",
+    "winter",
+    "a library",
+    "trains",
+    "the moon",
+    "a garden",
+    "bees",
+    "a city at night",
+    "rain",
+    "a violin",
+    "deserts",
+    "an old map",
+]
 
 
 class RecordingLLM(LLM):
@@ -98,8 +115,12 @@ def run_streaming(llm: RecordingLLM, ps: list[str], sp: SamplingParams, readers:
     svc.shutdown(close_engine=False)  # the next round's generate reuses the engine
     if readers == "none":
         ms = [h.metrics for h in handles]
-        return dict(tokens=sum(m.num_generation_tokens for m in ms), wall=wall, ttft=[m.time_to_first_token for m in ms],
-                    itl=[x for m in ms for x in m.inter_token_latencies])
+        return dict(
+            tokens=sum(m.num_generation_tokens for m in ms),
+            wall=wall,
+            ttft=[m.time_to_first_token for m in ms],
+            itl=[x for m in ms for x in m.inter_token_latencies],
+        )
     ttft = [r[0] - s for r, s in zip(received, submitted)]
     itl = [b - a for r in received for a, b in zip(r, r[1:])]
     return dict(tokens=sum(counts), wall=wall, ttft=ttft, itl=itl)
@@ -118,18 +139,29 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per mode (medians are reported)")
     # 1 by default: on a busy 2-core box a 2-thread OpenMP team on the main thread stalls in its barriers
     # (LLM.generate measured ~8x slower there than on a worker thread), which would swamp what we measure.
-    ap.add_argument("--readers", choices=("threads", "poll", "none"), default="threads",
-                    help="streaming clients: a blocking reader thread per request, one thread polling drain(), "
-                         "or none (read at the end: what the engine thread alone costs)")
+    ap.add_argument(
+        "--readers",
+        choices=("threads", "poll", "none"),
+        default="threads",
+        help="streaming clients: a blocking reader thread per request, one thread polling drain(), "
+        "or none (read at the end: what the engine thread alone costs)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both modes (0: torch's choice)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model is None:
-        from engine.demo_model import ensure_demo_model
+        from nanovllm_tui.engine.demo_model import ensure_demo_model
+
         args.model = str(ensure_demo_model())
-    llm = RecordingLLM(args.model, device=args.device, kvcache_block_size=16, max_model_len=512,
-                       num_kvcache_blocks=args.num_requests * (512 // 16), enable_prefix_caching=False)
+    llm = RecordingLLM(
+        args.model,
+        device=args.device,
+        kvcache_block_size=16,
+        max_model_len=512,
+        num_kvcache_blocks=args.num_requests * (512 // 16),
+        enable_prefix_caching=False,
+    )
     ps = prompts(args.num_requests)
     sp = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
     llm.generate(ps[:2], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
@@ -138,10 +170,15 @@ def main() -> None:
         for mode, fn in (("generate", run_generate), ("streaming", run_streaming)):
             res = fn(llm, ps, sp) if mode == "generate" else fn(llm, ps, sp, args.readers)
             runs[mode].append(res)
-            print(f"round {r + 1} {mode:9s}: {res['tokens']} tokens in {res['wall']:.2f} s "
-                  f"= {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
-    print(f"\n{args.num_requests} concurrent requests x {args.max_tokens} tokens, greedy, {args.rounds} rounds, "
-          f"device={args.device}, torch threads={torch.get_num_threads()}, readers={args.readers}")
+            print(
+                f"round {r + 1} {mode:9s}: {res['tokens']} tokens in {res['wall']:.2f} s "
+                f"= {res['tokens'] / res['wall']:.1f} tok/s",
+                flush=True,
+            )
+    print(
+        f"\n{args.num_requests} concurrent requests x {args.max_tokens} tokens, greedy, {args.rounds} rounds, "
+        f"device={args.device}, torch threads={torch.get_num_threads()}, readers={args.readers}"
+    )
     header = f"{'mode':10s} {'tok/s (median)':>15s} {'TTFT p50 ms':>12s} {'TTFT p99 ms':>12s} {'ITL p50 ms':>11s} {'ITL p99 ms':>11s}"
     print(header)
     print("-" * len(header))
@@ -150,12 +187,18 @@ def main() -> None:
         tput[mode] = statistics.median(r["tokens"] / r["wall"] for r in results)
         ttft = [x for r in results for x in r["ttft"]]
         itl = [x for r in results for x in r["itl"]]
-        print(f"{mode:10s} {tput[mode]:15.1f} {pct(ttft, 50):12.1f} {pct(ttft, 99):12.1f} "
-              f"{pct(itl, 50):11.1f} {pct(itl, 99):11.1f}")
-    per_round = [s["tokens"] / s["wall"] / (g["tokens"] / g["wall"]) for g, s in zip(runs["generate"], runs["streaming"])]
+        print(
+            f"{mode:10s} {tput[mode]:15.1f} {pct(ttft, 50):12.1f} {pct(ttft, 99):12.1f} "
+            f"{pct(itl, 50):11.1f} {pct(itl, 99):11.1f}"
+        )
+    per_round = [
+        s["tokens"] / s["wall"] / (g["tokens"] / g["wall"]) for g, s in zip(runs["generate"], runs["streaming"])
+    ]
     ratio = tput["streaming"] / tput["generate"]
-    print(f"\nthroughput ratio streaming / generate = {ratio:.3f} (target >= 0.97); "
-          f"per round: {', '.join(f'{x:.3f}' for x in per_round)}")
+    print(
+        f"\nthroughput ratio streaming / generate = {ratio:.3f} (target >= 0.97); "
+        f"per round: {', '.join(f'{x:.3f}' for x in per_round)}"
+    )
 
 
 if __name__ == "__main__":

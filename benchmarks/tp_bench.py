@@ -8,6 +8,7 @@ Workload: 256 requests, prompt lengths and max_tokens uniform in [100, 1024], to
 in a fresh subprocess so GPU memory starts clean; sizes needing more GPUs than visible are skipped.
 Prints a markdown table for benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,15 +23,23 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                num_key_value_heads=8, head_dim=128, tie_word_embeddings=False, max_position_embeddings=40960)
+QWEN3_8B = dict(
+    hidden_size=4096,
+    intermediate_size=12288,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    tie_word_embeddings=False,
+    max_position_embeddings=40960,
+)
 MODELS = {"0.6b": {}, "8b": QWEN3_8B}
 
 
 def run_cell(model_dir: str, tp: int, num_requests: int) -> dict:
     """Child side: one engine, a warm-up request, then the whole workload; throughput in output tokens/s."""
-    from engine import LLM, SamplingParams
     from nanovllm_tui.bench.workload import make_offline_workload
+    from nanovllm_tui.engine import LLM, SamplingParams
 
     work = make_offline_workload(num_requests=num_requests)
     llm = LLM(model_dir, tensor_parallel_size=tp, max_model_len=4096)
@@ -45,9 +54,15 @@ def run_cell(model_dir: str, tp: int, num_requests: int) -> dict:
     finally:
         llm.shutdown()
     tokens = sum(r.max_tokens for r in work)
-    return dict(tp=tp, seconds=seconds, output_tokens=tokens, tok_s=tokens / seconds,
-                kv_blocks=stats.num_blocks_total, preemptions=stats.num_preemptions,
-                rank_memory_gib=[round(b / 2**30, 2) for b in stats.rank_memory_bytes])
+    return dict(
+        tp=tp,
+        seconds=seconds,
+        output_tokens=tokens,
+        tok_s=tokens / seconds,
+        kv_blocks=stats.num_blocks_total,
+        preemptions=stats.num_preemptions,
+        rank_memory_gib=[round(b / 2**30, 2) for b in stats.rank_memory_bytes],
+    )
 
 
 def main() -> None:
@@ -78,8 +93,12 @@ def main() -> None:
             if tp > max(gpus, 1):
                 print(f"skip qwen3-{name} TP={tp}: {gpus} GPU(s) visible", flush=True)
                 continue
-            out = subprocess.run([sys.executable, __file__, "--cell", str(model_dir), str(tp),
-                                  "--num-requests", str(args.num_requests)], cwd=REPO, capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--cell", str(model_dir), str(tp), "--num-requests", str(args.num_requests)],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+            )
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 print(f"qwen3-{name} TP={tp} failed:\n{out.stderr[-3000:]}", flush=True)
@@ -92,8 +111,10 @@ def main() -> None:
     print("| model | TP | output tok/s | time (s) | KV blocks | preemptions | memory per rank (GiB) |")
     print("|---|---|---|---|---|---|---|")
     for name, c in rows:
-        print(f"| qwen3-{name} | {c['tp']} | {c['tok_s']:.0f} | {c['seconds']:.1f} | {c['kv_blocks']} | "
-              f"{c['preemptions']} | {', '.join(map(str, c['rank_memory_gib']))} |")
+        print(
+            f"| qwen3-{name} | {c['tp']} | {c['tok_s']:.0f} | {c['seconds']:.1f} | {c['kv_blocks']} | "
+            f"{c['preemptions']} | {', '.join(map(str, c['rank_memory_gib']))} |"
+        )
 
 
 if __name__ == "__main__":

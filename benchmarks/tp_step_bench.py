@@ -9,6 +9,7 @@ the table reports microseconds per step above a loop that does only that all-red
   broadcast  header through shared memory, tensors as one torch.distributed broadcast (CUDA default)
   object     torch.distributed.broadcast_object_list of the whole StepInputs (no shared memory at all)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,13 +20,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+import torch
+import torch.distributed as dist
 
-from engine.model_runner import StepInputs  # noqa: E402
-from engine.tp_channel import StepChannel  # noqa: E402
-from engine.tp_worker import init_group  # noqa: E402
-from kernels.metadata import AttentionMetadata  # noqa: E402
+from nanovllm_tui.engine.execution.model_runner import StepInputs
+from nanovllm_tui.engine.tp.channel import StepChannel
+from nanovllm_tui.engine.tp.worker import init_group
+from nanovllm_tui.kernels.metadata import AttentionMetadata
 
 MODES = ("none", "shm", "broadcast", "object")
 SHAPES = {"decode 256 seqs": (256, 256, 17), "prefill 8192 tokens / 16 seqs": (8192, 16, 17)}  # tokens, seqs, width
@@ -34,13 +35,23 @@ SHAPES = {"decode 256 seqs": (256, 256, 17), "prefill 8192 tokens / 16 seqs": (8
 def make_inputs(tokens: int, seqs: int, width: int, device: torch.device) -> StepInputs:
     i64 = dict(dtype=torch.int64, device=device)
     i32 = dict(dtype=torch.int32, device=device)
-    meta = AttentionMetadata(slot_mapping=torch.arange(tokens, **i64), context_lens=torch.full((seqs,), 200, **i32),
-                             block_tables=torch.arange(seqs * width, **i32).view(seqs, width),
-                             cu_seqlens_q=torch.arange(seqs + 1, **i32) * (tokens // seqs), max_seqlen_q=tokens // seqs,
-                             max_seqlen_k=200, is_decode=tokens == seqs)
-    return StepInputs(input_ids=torch.randint(0, 10000, (tokens,), **i64), positions=torch.arange(tokens, **i64),
-                      meta=meta, sample_rows=torch.arange(seqs, **i64),
-                      temperatures=torch.zeros(seqs, device=device), num_rows=seqs)
+    meta = AttentionMetadata(
+        slot_mapping=torch.arange(tokens, **i64),
+        context_lens=torch.full((seqs,), 200, **i32),
+        block_tables=torch.arange(seqs * width, **i32).view(seqs, width),
+        cu_seqlens_q=torch.arange(seqs + 1, **i32) * (tokens // seqs),
+        max_seqlen_q=tokens // seqs,
+        max_seqlen_k=200,
+        is_decode=tokens == seqs,
+    )
+    return StepInputs(
+        input_ids=torch.randint(0, 10000, (tokens,), **i64),
+        positions=torch.arange(tokens, **i64),
+        meta=meta,
+        sample_rows=torch.arange(seqs, **i64),
+        temperatures=torch.zeros(seqs, device=device),
+        num_rows=seqs,
+    )
 
 
 def run_mode(rank: int, mode: str, channel: dict, inputs: StepInputs | None, iters: int, device) -> float:
@@ -89,22 +100,27 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     channel = {m: StepChannel.create(2, 1 << 22, m, ctx) for m in ("shm", "broadcast")}
     store = dist.TCPStore("127.0.0.1", 0, 2, True, wait_for_workers=False)
-    p = ctx.Process(target=worker, args=(store.port, backend, {m: c.handle() for m, c in channel.items()}, args.iters),
-                    daemon=True)
+    p = ctx.Process(
+        target=worker, args=(store.port, backend, {m: c.handle() for m, c in channel.items()}, args.iters), daemon=True
+    )
     p.start()
     if cuda:
         torch.cuda.set_device(device)
     dist.init_process_group(backend, store=store, rank=0, world_size=2)
-    print(f"backend {backend}, device {device}, {args.iters} steps per cell; microseconds per step above a "
-          "1-element all-reduce")
+    print(
+        f"backend {backend}, device {device}, {args.iters} steps per cell; microseconds per step above a "
+        "1-element all-reduce"
+    )
     print(f"| {'step':<30} | {'all-reduce only':>15} | {'shm':>8} | {'broadcast':>9} | {'object':>8} |")
     print(f"|{'-' * 32}|{'-' * 17}|{'-' * 10}|{'-' * 11}|{'-' * 10}|")
     for name, shape in SHAPES.items():
         inputs = make_inputs(*shape, device)
         t = {mode: run_mode(0, mode, channel, inputs, args.iters, device) for mode in MODES}
         base = t["none"]
-        print(f"| {name:<30} | {base * 1e6:>15.1f} | {(t['shm'] - base) * 1e6:>8.1f} | "
-              f"{(t['broadcast'] - base) * 1e6:>9.1f} | {(t['object'] - base) * 1e6:>8.1f} |")
+        print(
+            f"| {name:<30} | {base * 1e6:>15.1f} | {(t['shm'] - base) * 1e6:>8.1f} | "
+            f"{(t['broadcast'] - base) * 1e6:>9.1f} | {(t['object'] - base) * 1e6:>8.1f} |"
+        )
     p.join(30)
     for ch in channel.values():
         ch.close()

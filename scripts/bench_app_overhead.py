@@ -11,6 +11,7 @@ Headless: a BenchRun polled by a plain loop. App: the same BenchRun started from
 160x50, benchmark screen open, so the dashboard beside it redraws at 12 Hz). Each run uses fresh random
 prompts (a new seed) so the prefix cache favours no run; rounds alternate the order. Prints a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,16 +22,16 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from engine import LLM  # noqa: E402
-from engine.demo_model import ensure_demo_model  # noqa: E402
-from engine.process_service import ProcessEngineService  # noqa: E402
-from engine.service import EngineService  # noqa: E402
-from nanovllm_tui.app import NanoVllmApp  # noqa: E402
-from nanovllm_tui.bench_run import BenchRun, WorkloadSpec  # noqa: E402
-from nanovllm_tui.cli import default_torch_threads  # noqa: E402
-from nanovllm_tui.stats_window import EngineInfo  # noqa: E402
+from nanovllm_tui.app.app import NanoVllmApp
+from nanovllm_tui.app.cli import default_torch_threads
+from nanovllm_tui.app.stats_window import EngineInfo
+from nanovllm_tui.bench.driver import BenchRun, WorkloadSpec
+from nanovllm_tui.engine import LLM
+from nanovllm_tui.engine.demo_model import ensure_demo_model
+from nanovllm_tui.engine.serving.process_service import ProcessEngineService
+from nanovllm_tui.engine.serving.thread_service import EngineService
 
 ENGINE_OPTIONS = dict(kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=1024)
 
@@ -53,6 +54,7 @@ def with_app(service, info: EngineInfo, spec: WorkloadSpec) -> float:
             while run.end_time is None:
                 await pilot.pause(0.1)
             return run.result().throughput
+
     return asyncio.run(go())
 
 
@@ -60,6 +62,7 @@ def busy_cpu() -> tuple[float, float]:
     """(CPU seconds used by every process on the machine, by this process and its children): the difference
     is other people's load, reported per run because this box is shared."""
     import psutil
+
     t = psutil.cpu_times()
     total = t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
     me = psutil.Process()
@@ -108,8 +111,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model")
     p.add_argument("--engine", choices=("process", "thread", "both"), default="both")
-    p.add_argument("--torch-threads", type=int, default=None,
-                   help="torch threads of the engine in every run (default: the CLI's default)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch threads of the engine in every run (default: the CLI's default)",
+    )
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--output-len", type=int, default=64)
@@ -120,8 +127,10 @@ def main() -> None:
     engines = ("process", "thread") if args.engine == "both" else (args.engine,)
     seed = iter(range(1, 1000))
     rows = [row for engine in engines for row in measure(engine, model, args, seed)]
-    print(f"\nmodel {pathlib.Path(model).name}, {args.requests} requests x ({args.prompt_len} prompt, "
-          f"{args.output_len} output) tokens, all at once; engine torch threads {args.torch_threads}")
+    print(
+        f"\nmodel {pathlib.Path(model).name}, {args.requests} requests x ({args.prompt_len} prompt, "
+        f"{args.output_len} output) tokens, all at once; engine torch threads {args.torch_threads}"
+    )
     print(f"{'engine':>8} {'round':>5} {'mode':>9} {'output tok/s':>13} {'wall s':>8} {'other load':>10}")
     for engine, r, mode, tps, wall, others in rows:
         print(f"{engine:>8} {r:>5} {mode:>9} {tps:>13.1f} {wall:>8.1f} {others:>10.2f}")
@@ -130,9 +139,11 @@ def main() -> None:
         tps = {(r, m): x for e, r, m, x, *_ in rows if e == engine}
         per_round = [tps[(r, "app")] / tps[(r, "headless")] for r in range(args.rounds)]
         mean = {m: sum(tps[(r, m)] for r in range(args.rounds)) / args.rounds for m in ("headless", "app")}
-        print(f"{engine}: headless {mean['headless']:.1f} tok/s, app {mean['app']:.1f} tok/s, "
-              f"ratio app/headless {mean['app'] / mean['headless']:.3f} "
-              f"(per round {', '.join(f'{x:.3f}' for x in per_round)})")
+        print(
+            f"{engine}: headless {mean['headless']:.1f} tok/s, app {mean['app']:.1f} tok/s, "
+            f"ratio app/headless {mean['app'] / mean['headless']:.3f} "
+            f"(per round {', '.join(f'{x:.3f}' for x in per_round)})"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Writes chat_sessions.svg (three chats streaming beside the dashboard), benchmark
 mid-flight) and settings.svg (the session settings modal), plus .png copies when cairosvg is installed.
 Re-run it whenever the UI changes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,17 +17,19 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from engine import LLM  # noqa: E402
-from engine.demo_model import ensure_demo_model  # noqa: E402
-from engine.service import EngineService  # noqa: E402
-from nanovllm_tui.app import NanoVllmApp  # noqa: E402
-from nanovllm_tui.session import SessionSettings  # noqa: E402
-from nanovllm_tui.stats_window import EngineInfo  # noqa: E402
+from nanovllm_tui.app.app import NanoVllmApp
+from nanovllm_tui.app.session import SessionSettings
+from nanovllm_tui.app.stats_window import EngineInfo
+from nanovllm_tui.engine import LLM
+from nanovllm_tui.engine.demo_model import ensure_demo_model
+from nanovllm_tui.engine.serving.thread_service import EngineService
 
 SIZE = (160, 50)
-PROMPTS = ["Explain what a KV cache is in two short paragraphs.",
-           "Write a haiku about GPUs, then explain it.",
-           "List five tips for writing readable Python code."]
+PROMPTS = [
+    "Explain what a KV cache is in two short paragraphs.",
+    "Write a haiku about GPUs, then explain it.",
+    "List five tips for writing readable Python code.",
+]
 
 
 async def wait_until(pilot, cond, timeout: float = 300.0) -> None:
@@ -54,8 +57,12 @@ def save(app: NanoVllmApp, out: pathlib.Path, name: str) -> None:
 async def main(model: str, out: pathlib.Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     llm = LLM(model, kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=384)
-    app = NanoVllmApp(EngineService(llm), EngineInfo.from_llm(llm, pathlib.Path(model).name), owns_service=True,
-                      default_settings=SessionSettings(temperature=0.7, seed=0, max_tokens=200))
+    app = NanoVllmApp(
+        EngineService(llm),
+        EngineInfo.from_llm(llm, pathlib.Path(model).name),
+        owns_service=True,
+        default_settings=SessionSettings(temperature=0.7, seed=0, max_tokens=200),
+    )
     async with app.run_test(size=SIZE) as pilot:
         # 1. three chats streaming at once, batched by the engine
         for i, prompt in enumerate(PROMPTS, start=1):
@@ -70,6 +77,7 @@ async def main(model: str, out: pathlib.Path) -> None:
         def streaming() -> bool:
             answers = [app.pane_of(i).answer for i in (1, 2, 3)]
             return all(a is not None and len(a.text) > 30 for a in answers) or any(a and a.done for a in answers)
+
         await wait_until(pilot, streaming)
         await pilot.pause(0.3)
         save(app, out, "chat_sessions")

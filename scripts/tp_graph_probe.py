@@ -1,7 +1,8 @@
 """Probe: TP=2 with CUDA graphs on a small random Qwen3, twice in one process, timing every lifecycle stage.
 
-    NCCL_NVLS_ENABLE=0 PYTHONPATH=. python3 scripts/tp_graph_probe.py     (needs 2 GPUs)
+NCCL_NVLS_ENABLE=0 PYTHONPATH=. python3 scripts/tp_graph_probe.py     (needs 2 GPUs)
 """
+
 import faulthandler
 import gc
 import os
@@ -21,7 +22,8 @@ def say(msg: str) -> None:
 if __name__ == "__main__":
     faulthandler.dump_traceback_later(float(os.environ.get("PROBE_DUMP_S", "80")), exit=True)
     from benchmarks.random_model import make_random_model
-    from engine import LLM, SamplingParams
+    from nanovllm_tui.engine import LLM, SamplingParams
+
     d = make_random_model(tempfile.mkdtemp(), device="cuda", num_hidden_layers=4)
     P = [list(range(100, 180)), [7, 8, 9, 10, 11], list(range(5000, 5300)), [42] * 33]
     G = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)

@@ -1,11 +1,12 @@
 """Shared helpers for engine tests: the transformers oracle and the end-of-run invariant check."""
+
 from __future__ import annotations
 
 import random
 
 import torch
 
-from engine import LLM
+from nanovllm_tui.engine import LLM
 
 
 def mixed_prompts(seed: int = 0, vocab: int = 4000) -> list[list[int]]:
@@ -28,9 +29,14 @@ def hf_greedy(model_dir, prompts: list[list[int]], max_new_tokens: int) -> list[
     with torch.inference_mode():
         for p in prompts:
             ids = torch.tensor([p])
-            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=model.generation_config.eos_token_id)
-            outs.append(gen[0, len(p):].tolist())
+            gen = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=model.generation_config.eos_token_id,
+            )
+            outs.append(gen[0, len(p) :].tolist())
     return outs
 
 

@@ -6,6 +6,7 @@ token is a hash of what it read. So the output is a pure function of the request
 *as stored in the cache*: a block shared wrongly, evicted while in use, or written to the wrong
 slot changes the tokens, and a request run in a crowd must produce exactly what it produces alone.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,16 +17,16 @@ from unittest import mock
 import numpy as np
 import torch
 
-from engine import llm_engine
-from engine.config import Config
-from engine.input_builder import BuiltInputs, InputBuilder
-from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence, SequenceStatus
+from nanovllm_tui.engine import llm_engine
+from nanovllm_tui.engine.config import Config
+from nanovllm_tui.engine.execution.input_builder import BuiltInputs, InputBuilder
+from nanovllm_tui.engine.llm_engine import LLMEngine
+from nanovllm_tui.engine.sampling_params import SamplingParams
+from nanovllm_tui.engine.scheduling.sequence import Sequence, SequenceStatus
 
-VOCAB = 49152     # the demo model's tokenizer (real detokenization and stop strings)
-EOS = 2           # its eos id (generation_config.json)
-POISON = 7        # a prompt starting with this token gets non-finite logits on its first sample
+VOCAB = 49152  # the demo model's tokenizer (real detokenization and stop strings)
+EOS = 2  # its eos id (generation_config.json)
+POISON = 7  # a prompt starting with this token gets non-finite logits on its first sample
 
 
 class FakeStepError(RuntimeError):
@@ -104,8 +105,9 @@ class PagedFakeRunner:
                 out.append(None)
                 continue
             ctx = tuple(self.cache[seq.block_table[p // bs]][p % bs] for p in range(end))
-            assert ctx == tuple((t, p) for p, t in enumerate(seq.token_ids)), \
+            assert ctx == tuple((t, p) for p, t in enumerate(seq.token_ids)), (
                 f"request {seq.request_id}: KV cache read back differs from its tokens"
+            )
             out.append(next_token(ctx, first_sample=end == seq.num_prompt_tokens))
         return out
 
@@ -168,10 +170,17 @@ class PipelinedFakeRunner(PagedFakeRunner):
         ordered = items if ahead else decodes_first(items)
         built = self.builder.build(ordered, None, ahead=ahead)
         self._check_inputs(built, ordered, ahead, where)
-        step = FakeStep(self.num_runs, items, list(items), [r[0] for r in rows], [r[1] for r in rows],
-                        [list(seq.block_table) for seq, _ in items],
-                        None if ahead else [seq.token_ids[st:st + n] for (seq, n), (st, _) in zip(items, rows)],
-                        after, None if keep is None else list(keep))
+        step = FakeStep(
+            self.num_runs,
+            items,
+            list(items),
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [list(seq.block_table) for seq, _ in items],
+            None if ahead else [seq.token_ids[st : st + n] for (seq, n), (st, _) in zip(items, rows)],
+            after,
+            None if keep is None else list(keep),
+        )
         self._queue.append(step)
         if ahead:
             self.num_ahead_launches += 1
@@ -190,8 +199,9 @@ class PipelinedFakeRunner(PagedFakeRunner):
                 self._violation(f"{where}: a fresh step launched while launch #{self._queue[0].index} is uncollected")
             return
         if len(self._queue) != 1 or self._queue[0] is not after:
-            self._violation(f"{where}: `after` is launch #{after.index}, but in flight are "
-                            f"{[s.index for s in self._queue]}")
+            self._violation(
+                f"{where}: `after` is launch #{after.index}, but in flight are {[s.index for s in self._queue]}"
+            )
         if any(n != 1 for _, n in after.items):
             self._violation(f"{where}: launched ahead of launch #{after.index}, which is not pure decode")
         m = len(after.items)
@@ -200,15 +210,21 @@ class PipelinedFakeRunner(PagedFakeRunner):
             self._violation(f"{where}: keep={keep} is not increasing indices into {m} in-flight rows")
         want = [after.items[i][0].request_id for i in idx]
         if [seq.request_id for seq, _ in items] != want or any(n != 1 for _, n in items):
-            self._violation(f"{where}: ahead items {[(s.request_id, n) for s, n in items]} are not the in-flight "
-                            f"rows at keep={keep}: {want}")
+            self._violation(
+                f"{where}: ahead items {[(s.request_id, n) for s, n in items]} are not the in-flight "
+                f"rows at keep={keep}: {want}"
+            )
         for seq, _ in items:
             if seq.status is not SequenceStatus.RUNNING or seq.num_computed_tokens + 1 != seq.num_tokens:
-                self._violation(f"{where}: request {seq.request_id} ({seq.status.name}, {seq.num_computed_tokens} "
-                                f"of {seq.num_tokens} computed) is not a decode in flight")
+                self._violation(
+                    f"{where}: request {seq.request_id} ({seq.status.name}, {seq.num_computed_tokens} "
+                    f"of {seq.num_tokens} computed) is not a decode in flight"
+                )
             if seq.num_tokens + 1 >= seq.max_num_tokens:
-                self._violation(f"{where}: request {seq.request_id} ends by length with the token in flight "
-                                f"({seq.num_tokens} + 1 of {seq.max_num_tokens}) but was launched ahead")
+                self._violation(
+                    f"{where}: request {seq.request_id} ends by length with the token in flight "
+                    f"({seq.num_tokens} + 1 of {seq.max_num_tokens}) but was launched ahead"
+                )
 
     def _rows(self, items, ahead: bool, where: str) -> list[tuple[int, list[int]]]:
         """(first position, slots) of each row from the host state (+1 ahead), checking the KV room."""
@@ -223,8 +239,10 @@ class PipelinedFakeRunner(PagedFakeRunner):
             if n < 1 or start + n > total:
                 self._violation(f"{where}: request {seq.request_id}: {n} tokens from {start} of {total}")
             if len(tbl) * bs < start + n:
-                self._violation(f"{where}: request {seq.request_id}: block table of {len(tbl)} blocks is too short "
-                                f"for positions up to {start + n - 1}")
+                self._violation(
+                    f"{where}: request {seq.request_id}: block table of {len(tbl)} blocks is too short "
+                    f"for positions up to {start + n - 1}"
+                )
             rows.append((start, [tbl[p // bs] * bs + p % bs for p in range(start, start + n)]))
         return rows
 
@@ -249,10 +267,18 @@ class PipelinedFakeRunner(PagedFakeRunner):
         width = max(len(seq.block_table) for seq, _ in ordered)
         sps = [seq.sampling_params for seq in samplers]
         f32 = lambda xs: [float(np.float32(x)) for x in xs]  # noqa: E731 - the buffers are float32
-        want = dict(positions=pos, slot_mapping=slots, context_lens=ctx, cu_seqlens_q=cu,
-                    block_tables=[seq.block_table + [-1] * (width - len(seq.block_table)) for seq, _ in ordered],
-                    sample_rows=sample_rows, offsets=offsets, temperatures=f32(sp.temperature for sp in sps),
-                    top_ks=[sp.top_k for sp in sps], top_ps=f32(sp.top_p for sp in sps))
+        want = dict(
+            positions=pos,
+            slot_mapping=slots,
+            context_lens=ctx,
+            cu_seqlens_q=cu,
+            block_tables=[seq.block_table + [-1] * (width - len(seq.block_table)) for seq, _ in ordered],
+            sample_rows=sample_rows,
+            offsets=offsets,
+            temperatures=f32(sp.temperature for sp in sps),
+            top_ks=[sp.top_k for sp in sps],
+            top_ps=f32(sp.top_p for sp in sps),
+        )
         if not ahead:  # an ahead step's ids are the tokens still being sampled: the runner copies them in
             want["input_ids"] = ids
         t = built.tensors
@@ -264,22 +290,27 @@ class PipelinedFakeRunner(PagedFakeRunner):
                     f"{where}: InputBuilder {name} differs at index {i}: built {got[i] if i < len(got) else '<end>'}, "
                     f"expected {w[i] if i < len(w) else '<end>'}\n  built    {got}\n  expected {w}\n  rows "
                     f"(request, n, computed, tokens, blocks): "
-                    f"{[(s.request_id, n, s.num_computed_tokens, s.num_tokens, len(s.block_table)) for s, n in ordered]}")
+                    f"{[(s.request_id, n, s.num_computed_tokens, s.num_tokens, len(s.block_table)) for s, n in ordered]}"
+                )
         seeds = t["seeds"].tolist()
         for i, sp in enumerate(sps):
             if sp.seed is not None and seeds[i] != ((sp.seed & (2**64 - 1)) ^ 2**63) - 2**63:
                 self._violation(f"{where}: seeds[{i}] = {seeds[i]} is not request {samplers[i].request_id}'s seed")
         ns = [n for _, n in ordered]
         num_decode = next((i for i, n in enumerate(ns) if n != 1), len(ns))
-        scalars = dict(num_rows=(built.num_rows, len(ordered)), num_samples=(built.num_samples, len(samplers)),
-                       samplers=([s.request_id for s in built.samplers], [s.request_id for s in samplers]),
-                       is_decode=(built.is_decode, num_decode == len(ns)),
-                       num_decode_rows=(built.num_decode_rows, num_decode),
-                       num_decode_tensor=(int(t["num_decode"][0]), num_decode),
-                       max_seqlen_q=(built.max_seqlen_q, max(ns)), max_seqlen_k=(built.max_seqlen_k, max(ctx)),
-                       all_greedy=(built.all_greedy, all(sp.temperature == 0 for sp in sps)),
-                       use_top_k=(built.use_top_k, any(sp.top_k != -1 for sp in sps)),
-                       use_top_p=(built.use_top_p, any(sp.top_p < 1 for sp in sps)))
+        scalars = dict(
+            num_rows=(built.num_rows, len(ordered)),
+            num_samples=(built.num_samples, len(samplers)),
+            samplers=([s.request_id for s in built.samplers], [s.request_id for s in samplers]),
+            is_decode=(built.is_decode, num_decode == len(ns)),
+            num_decode_rows=(built.num_decode_rows, num_decode),
+            num_decode_tensor=(int(t["num_decode"][0]), num_decode),
+            max_seqlen_q=(built.max_seqlen_q, max(ns)),
+            max_seqlen_k=(built.max_seqlen_k, max(ctx)),
+            all_greedy=(built.all_greedy, all(sp.temperature == 0 for sp in sps)),
+            use_top_k=(built.use_top_k, any(sp.top_k != -1 for sp in sps)),
+            use_top_p=(built.use_top_p, any(sp.top_p < 1 for sp in sps)),
+        )
         for name, (got, w) in scalars.items():
             if got != w:
                 self._violation(f"{where}: InputBuilder {name} = {got}, expected {w}")
@@ -316,24 +347,31 @@ class PipelinedFakeRunner(PagedFakeRunner):
                 self.num_ahead_discarded += inputs is not None
                 out.append(0)
                 continue
-            if seq.num_computed_tokens != start or seq.block_table[:len(tbl)] != tbl:
-                self._violation(f"{where}: request {seq.request_id} moved under the step: {seq.num_computed_tokens} "
-                                f"computed (launched at {start}), block table {seq.block_table} (launched {tbl})")
+            if seq.num_computed_tokens != start or seq.block_table[: len(tbl)] != tbl:
+                self._violation(
+                    f"{where}: request {seq.request_id} moved under the step: {seq.num_computed_tokens} "
+                    f"computed (launched at {start}), block table {seq.block_table} (launched {tbl})"
+                )
             end = start + n
             if end != seq.num_tokens:
                 if inputs is not None:
-                    self._violation(f"{where}: ahead row {seq.request_id} at {start} but the request has "
-                                    f"{seq.num_tokens} tokens")
+                    self._violation(
+                        f"{where}: ahead row {seq.request_id} at {start} but the request has {seq.num_tokens} tokens"
+                    )
                 out.append(None)
                 continue
             if inputs is not None and seq.token_ids[start] != inputs[i]:
-                self._violation(f"{where}: request {seq.request_id}: its token {start} is {seq.token_ids[start]} but "
-                                f"the ahead step's input was {inputs[i]} (keep={step.keep})")
+                self._violation(
+                    f"{where}: request {seq.request_id}: its token {start} is {seq.token_ids[start]} but "
+                    f"the ahead step's input was {inputs[i]} (keep={step.keep})"
+                )
             ctx = tuple(cache[tbl[p // bs]][p % bs] for p in range(end))
             if ctx != tuple((t, p) for p, t in enumerate(seq.token_ids)):
                 p = next(p for p, t in enumerate(seq.token_ids) if ctx[p] != (t, p))
-                self._violation(f"{where}: request {seq.request_id}: KV cache read back {ctx[p]} at position {p}, "
-                                f"its token there is {seq.token_ids[p]}")
+                self._violation(
+                    f"{where}: request {seq.request_id}: KV cache read back {ctx[p]} at position {p}, "
+                    f"its token there is {seq.token_ids[p]}"
+                )
             out.append(next_token(ctx, first_sample=end == seq.num_prompt_tokens))
         step.tokens, step.after = out, None  # no chain of collected steps kept alive
         return out
@@ -384,8 +422,8 @@ def _model_parts():
     """(model dir, hf config, tokenizer) of the demo model, loaded once per process."""
     from transformers import AutoTokenizer
 
-    from engine.demo_model import ensure_demo_model
-    from engine.loader import load_hf_config
+    from nanovllm_tui.engine.demo_model import ensure_demo_model
+    from nanovllm_tui.engine.execution.loader import load_hf_config
 
     d = str(ensure_demo_model())
     return d, load_hf_config(d), AutoTokenizer.from_pretrained(d)
@@ -413,9 +451,11 @@ def make_engine(pipelined: bool = False, **kwargs) -> LLMEngine:
     if pipelined:
         kwargs.setdefault("async_scheduling", True)
     bs = kwargs.get("kvcache_block_size", 16)
-    with mock.patch.object(llm_engine, "load_hf_config", lambda d: hf_config), \
-            mock.patch.object(llm_engine, "load_tokenizer", lambda d: tokenizer), \
-            (_any_block_size(bs) if bs < 16 else contextlib.nullcontext()):
+    with (
+        mock.patch.object(llm_engine, "load_hf_config", lambda d: hf_config),
+        mock.patch.object(llm_engine, "load_tokenizer", lambda d: tokenizer),
+        _any_block_size(bs) if bs < 16 else contextlib.nullcontext(),
+    ):
         return (PipelinedFakeEngine if pipelined else FakeEngine)(model_dir, **kwargs)
 
 
@@ -439,8 +479,9 @@ def check_engine(engine: LLMEngine) -> None:
         assert s.status.name == "RUNNING", s.request_id
         assert s.num_computed_tokens <= s.num_tokens
         # Every block whose KV is computed has its hash published (pipelined: once the step's tokens are back).
-        assert not caching or s.num_committed_blocks >= s.num_computed_tokens // bs, \
+        assert not caching or s.num_committed_blocks >= s.num_computed_tokens // bs, (
             f"request {s.request_id}: {s.num_computed_tokens // bs} blocks computed, {s.num_committed_blocks} published"
+        )
     assert len(running) <= engine.scheduler.max_num_seqs
 
 
@@ -457,9 +498,11 @@ def run_to_end(engine: LLMEngine, max_steps: int) -> dict[str, dict]:
             if o.finished:
                 r["finish_reason"], r["error"] = o.finish_reason, o.error
         check_engine(engine)
-    raise AssertionError(f"livelock: requests still unfinished after {max_steps} steps "
-                         f"(running={[s.request_id for s in engine.scheduler.running]}, "
-                         f"waiting={[s.request_id for s in engine.scheduler.waiting]})")
+    raise AssertionError(
+        f"livelock: requests still unfinished after {max_steps} steps "
+        f"(running={[s.request_id for s in engine.scheduler.running]}, "
+        f"waiting={[s.request_id for s in engine.scheduler.waiting]})"
+    )
 
 
 def run_alone(engine_kwargs: dict, prompt: list[int], sp: SamplingParams, detokenize: bool) -> dict:

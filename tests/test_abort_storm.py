@@ -1,20 +1,23 @@
 """Abort storm through the streaming service: 200 requests, half aborted at random moments (before
 admission, mid-prefill, mid-decode, after finish). At the end no block is used, nothing raised, and
 the other half's greedy outputs equal a clean run's."""
+
 from __future__ import annotations
 
 import random
 import threading
 import time
 
-from engine import LLM, SamplingParams
-from engine.sequence import SequenceStatus
-from engine.service import EngineService
 from engine_helpers import check_clean
 
+from nanovllm_tui.engine import LLM, SamplingParams
+from nanovllm_tui.engine.scheduling.sequence import SequenceStatus
+from nanovllm_tui.engine.serving.thread_service import EngineService
+
 N = 200
-OPTS = dict(kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=40, max_num_seqs=16,
-            max_num_batched_tokens=48)  # chunked prefills and some preemption
+OPTS = dict(
+    kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=40, max_num_seqs=16, max_num_batched_tokens=48
+)  # chunked prefills and some preemption
 LONG = 6  # every LONG-th request has a ~110-token prompt: its prefill spans steps, a window to abort in
 
 
@@ -24,7 +27,7 @@ def _workload(seed: int = 0):
     prompts, params = [], []
     for i in range(N):
         n = rng.randrange(100, 110) if i % LONG == 0 else rng.randrange(1, 30)
-        prompt = (shared[:rng.randrange(16, 41)] if i % 4 == 0 else []) + [rng.randrange(100, 4000) for _ in range(n)]
+        prompt = (shared[: rng.randrange(16, 41)] if i % 4 == 0 else []) + [rng.randrange(100, 4000) for _ in range(n)]
         prompts.append(prompt[:110])
         params.append(SamplingParams(temperature=0, max_tokens=rng.randrange(1, 12)))
     return prompts, params
@@ -84,11 +87,12 @@ def test_abort_storm_through_the_service(tiny_qwen3_gqa_dir):
                 else:
                     h.result(timeout=60)  # after it finished: abort must be a harmless no-op
                 h.abort()
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=aborter, args=(i, i % 3)) for i in sorted(doomed)
-                   if i % 5 != 0 or i % LONG == 0]
+        threads = [
+            threading.Thread(target=aborter, args=(i, i % 3)) for i in sorted(doomed) if i % 5 != 0 or i % LONG == 0
+        ]
         for t in threads:
             t.start()
         results = {i: handles[i].result(timeout=120) for i in range(N) if i not in doomed}
@@ -97,7 +101,7 @@ def test_abort_storm_through_the_service(tiny_qwen3_gqa_dir):
         for i in doomed:
             r = handles[i].result(timeout=60)
             assert r.finish_reason in ("abort", "stop", "length"), r
-            assert clean[i]["token_ids"][:len(r.token_ids)] == r.token_ids  # what it streamed was right
+            assert clean[i]["token_ids"][: len(r.token_ids)] == r.token_ids  # what it streamed was right
         deadline = time.monotonic() + 10
         while svc.stats().num_blocks_used and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -1,4 +1,5 @@
 """The Textual app driven headless (App.run_test + Pilot) over a real engine service and a tiny real Qwen3."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,15 +9,15 @@ import time
 import pytest
 from textual.widgets import DataTable, Input, Static
 
-from engine import LLM
-from engine.process_service import ProcessEngineService
-from engine.service import EngineService
-from nanovllm_tui.app import NanoVllmApp
-from nanovllm_tui.screens.bench import BenchScreen
-from nanovllm_tui.session import SessionSettings
-from nanovllm_tui.stats_window import EngineInfo
-from nanovllm_tui.text import inert
-from nanovllm_tui.widgets.chat import AnswerView, UserMessage
+from nanovllm_tui.app.app import NanoVllmApp
+from nanovllm_tui.app.screens.bench import BenchScreen
+from nanovllm_tui.app.session import SessionSettings
+from nanovllm_tui.app.stats_window import EngineInfo
+from nanovllm_tui.app.text import inert
+from nanovllm_tui.app.widgets.chat import AnswerView, UserMessage
+from nanovllm_tui.engine import LLM
+from nanovllm_tui.engine.serving.process_service import ProcessEngineService
+from nanovllm_tui.engine.serving.thread_service import EngineService
 
 
 @pytest.fixture
@@ -24,15 +25,22 @@ def make_app(tiny_qwen3_gqa_dir):
     """A factory for an app over a fresh engine (greedy, small answers); the app owns and stops the service.
 
     engine="process" puts the engine in its own process (ProcessEngineService, the CLI's default)."""
-    def make(max_tokens: int = 12, num_blocks: int = 64, max_model_len: int = 512,
-             engine: str = "thread") -> NanoVllmApp:
+
+    def make(
+        max_tokens: int = 12, num_blocks: int = 64, max_model_len: int = 512, engine: str = "thread"
+    ) -> NanoVllmApp:
         options = dict(kvcache_block_size=16, max_model_len=max_model_len, num_kvcache_blocks=num_blocks)
         if engine == "process":
             service = ProcessEngineService(tiny_qwen3_gqa_dir, torch_threads=1, device="cpu", **options)
         else:
             service = EngineService(LLM(str(tiny_qwen3_gqa_dir), **options))
-        return NanoVllmApp(service, EngineInfo.from_llm(service.engine, "tiny-qwen3"), owns_service=True,
-                           default_settings=SessionSettings(temperature=0.0, max_tokens=max_tokens))
+        return NanoVllmApp(
+            service,
+            EngineInfo.from_llm(service.engine, "tiny-qwen3"),
+            owns_service=True,
+            default_settings=SessionSettings(temperature=0.0, max_tokens=max_tokens),
+        )
+
     return make
 
 
@@ -41,8 +49,10 @@ async def wait_for(pilot, cond, timeout: float = 120.0, what: str = "condition")
     while not cond():
         if time.monotonic() > deadline:
             app = pilot.app
-            raise AssertionError(f"timed out waiting for {what}; engine {app.service.stats()}, "
-                                 f"sessions {[(s.busy, s.messages) for s in app.sessions.values()]}")
+            raise AssertionError(
+                f"timed out waiting for {what}; engine {app.service.stats()}, "
+                f"sessions {[(s.busy, s.messages) for s in app.sessions.values()]}"
+            )
         await pilot.pause(0.02)
 
 
@@ -55,8 +65,11 @@ def used_blocks_shown(app: NanoVllmApp) -> int:
 async def send(pilot, text: str) -> None:
     """Type into the active chat's prompt (once it has the focus) and press Enter."""
     app = pilot.app
-    await wait_for(pilot, lambda: app.active_pane() is not None and app.focused is app.active_pane().prompt,
-                   what="focus on the prompt")
+    await wait_for(
+        pilot,
+        lambda: app.active_pane() is not None and app.focused is app.active_pane().prompt,
+        what="focus on the prompt",
+    )
     await pilot.press(*text, "enter")
 
 
@@ -66,6 +79,7 @@ async def focus_session(pilot, number: int) -> None:
 
     def focused() -> bool:
         return app.pane_of(number) is not None and app.focused is app.pane_of(number).prompt
+
     for _ in range(3):  # a tab added a moment ago may still be mounting: press again
         await pilot.press(f"alt+{number}")
         try:
@@ -102,6 +116,7 @@ def test_two_sessions_stream_concurrently(make_app, engine):
             def both_done() -> bool:
                 batch_sizes.update(step.num_seqs for step in app.window.steps)
                 return not s1.busy and not s2.busy
+
             await wait_for(pilot, both_done, what="both answers")
             assert [(h.finish_reason, h.error) for h in handles] == [("length", None)] * 2
             for s in (s1, s2):
@@ -116,6 +131,7 @@ def test_two_sessions_stream_concurrently(make_app, engine):
             answer = app.pane_of(1).query_one(AnswerView)
             assert answer.done and answer.text == s1.messages[1]["content"]
             assert "TTFT" in str(answer.query_one(".metrics", Static).render())
+
     run(scenario())
 
 
@@ -127,8 +143,11 @@ def test_escape_stops_generation_and_frees_blocks(make_app, engine):
         async with app.run_test(size=(160, 50)) as pilot:
             await send(pilot, "a long answer please")
             session = app.sessions[1]
-            await wait_for(pilot, lambda: used_blocks_shown(app) > 0 and app.pane_of(1).answer.text,
-                           what="streaming with blocks in use")
+            await wait_for(
+                pilot,
+                lambda: used_blocks_shown(app) > 0 and app.pane_of(1).answer.text,
+                what="streaming with blocks in use",
+            )
             handle = session.handle
             await pilot.press("escape")
             await wait_for(pilot, lambda: not session.busy and app.pane_of(1).answer.done, what="the abort")
@@ -137,6 +156,7 @@ def test_escape_stops_generation_and_frees_blocks(make_app, engine):
             assert "stopped" in str(app.pane_of(1).answer.query_one(".metrics", Static).render())
             await wait_for(pilot, lambda: used_blocks_shown(app) == 0, what="blocks freed on the dashboard")
             assert app.service.stats().num_blocks_used == 0
+
     run(scenario())
 
 
@@ -154,6 +174,7 @@ def test_regenerate_replaces_the_last_answer(make_app):
             assert session.messages[1]["content"] == first  # greedy: the same answer again
             assert len(app.pane_of(1).query(AnswerView)) == 1
             assert len(app.pane_of(1).query(UserMessage)) == 1
+
     run(scenario())
 
 
@@ -166,10 +187,14 @@ def test_policy_switch_takes_effect(make_app):
             assert app.policy == "prefill_first"
             await send(pilot, "hi")
             await wait_for(pilot, lambda: not app.sessions[1].busy, what="answer")
-            await wait_for(pilot, lambda: app.window.latest is not None and app.window.latest.policy == "prefill_first",
-                           what="a step under the new policy")
+            await wait_for(
+                pilot,
+                lambda: app.window.latest is not None and app.window.latest.policy == "prefill_first",
+                what="a step under the new policy",
+            )
             assert app.service.engine.scheduler.policy == "prefill_first"
             assert "prefill_first" in str(app.screen.query_one("#dash-header", Static).render())
+
     run(scenario())
 
 
@@ -199,6 +224,7 @@ def test_benchmark_screen_runs_a_workload_while_chat_works(make_app, engine):
             result = run_.result()
             assert result.output_tokens == sum(r.max_tokens for r in run_.requests)
             assert result.throughput > 0 and result.ttft_p50 > 0
+
     run(scenario())
 
 
@@ -212,6 +238,7 @@ def test_narrow_terminal_puts_the_dashboard_on_its_own_screen(make_app):
             assert app.screen.query_one("#full-dashboard").display
             await pilot.press("escape")
             assert app.screen.query_one("#side-dashboard") is not None
+
     run(scenario())
 
 
@@ -224,5 +251,6 @@ def test_terminal_escape_sequences_are_shown_inert(make_app):
             shown = str(pane.query_one(UserMessage).render())
             assert "\x1b" not in shown and "␛[2J" in shown and "␇" in shown
             await wait_for(pilot, lambda: not app.sessions[1].busy, what="answer")
+
     run(scenario())
     assert inert("a\x1b[2Jb\x9bc\n\t") == "a␛[2Jb\ufffdc\n\t"

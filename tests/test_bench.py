@@ -1,5 +1,6 @@
 """`nanovllm-tui bench` on CPU: the CLI end to end (ours and transformers CB on a tiny random Qwen3, offline and
 online), the floor arithmetic on a hand-computed case, and the default workload's token count."""
+
 from __future__ import annotations
 
 import json
@@ -10,23 +11,59 @@ import sys
 
 import pytest
 
-from engine.config import SERVING_MIXED_PREFILL_TOKENS
 from nanovllm_tui.bench import main
-from nanovllm_tui.bench.floor import (ModelShape, attention_pairs, kv_token_reads, min_decode_steps, model_shape,
-                                      workload_floor)
+from nanovllm_tui.bench.floor import (
+    ModelShape,
+    attention_pairs,
+    kv_token_reads,
+    min_decode_steps,
+    model_shape,
+    workload_floor,
+)
 from nanovllm_tui.bench.results import percentile
-from nanovllm_tui.bench.workload import (BenchRequest, make_offline_workload, poisson_arrivals,
-                                         total_output_tokens)
+from nanovllm_tui.bench.workload import BenchRequest, make_offline_workload, poisson_arrivals, total_output_tokens
+from nanovllm_tui.engine.config import SERVING_MIXED_PREFILL_TOKENS
 
-TINY_QWEN3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64,
-              "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "head_dim": 16, "vocab_size": 2048, "max_position_embeddings": 1024, "tie_word_embeddings": True,
-              "bos_token_id": 1, "eos_token_id": 2, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-              "torch_dtype": "float32"}
+TINY_QWEN3 = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 2048,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "torch_dtype": "float32",
+}
 NUM_REQUESTS = 6
-SMALL = ["--num-requests", str(NUM_REQUESTS), "--prompt-len", "8,48", "--output-len", "4,24", "--max-token-id", "2000",
-         "--device", "cpu", "--block-size", "16", "--max-model-len", "128", "--num-kvcache-blocks", "96",
-         "--max-num-seqs", "4", "--no-progress"]
+SMALL = [
+    "--num-requests",
+    str(NUM_REQUESTS),
+    "--prompt-len",
+    "8,48",
+    "--output-len",
+    "4,24",
+    "--max-token-id",
+    "2000",
+    "--device",
+    "cpu",
+    "--block-size",
+    "16",
+    "--max-model-len",
+    "128",
+    "--num-kvcache-blocks",
+    "96",
+    "--max-num-seqs",
+    "4",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +76,7 @@ def tiny_config(tmp_path_factory):
 
 
 # -- workload ------------------------------------------------------------------------------------
+
 
 def test_default_workload_is_nano_vllms_bench():
     workload = make_offline_workload()
@@ -87,9 +125,18 @@ def test_percentile_matches_numpy_linear():
 
 # -- floor arithmetic -----------------------------------------------------------------------------
 
+
 def test_floor_hand_computed_case():
-    shape = ModelShape(non_embedding_params=1000, vocab_size=10, hidden_size=4, num_layers=2, num_heads=2,
-                       num_kv_heads=1, head_dim=2, dtype_bytes=2)
+    shape = ModelShape(
+        non_embedding_params=1000,
+        vocab_size=10,
+        hidden_size=4,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=2,
+        dtype_bytes=2,
+    )
     workload = [BenchRequest((1, 2, 3), 2), BenchRequest((4,), 4)]
     # KV of the k-th generated token (k >= 2) = p + k - 1 tokens: (3+1) = 4 and (1+1)+(1+2)+(1+3) = 9.
     assert kv_token_reads(3, 2) == 4 and kv_token_reads(1, 4) == 9
@@ -106,8 +153,8 @@ def test_floor_hand_computed_case():
     assert f.bytes_total == 6448
     # 2*1000*8 (weights x tokens) + 2*40*6 (LM head x sampled rows) + 4*2*2*2*20 (attention pairs).
     assert f.flops == 16000 + 480 + 640 == 17120
-    assert f.memory_seconds == pytest.approx(6448 / 1000)      # 1e-6 GB/s = 1000 B/s
-    assert f.compute_seconds == pytest.approx(17120 / 1000)    # 1e-9 TFLOPS = 1000 FLOP/s
+    assert f.memory_seconds == pytest.approx(6448 / 1000)  # 1e-6 GB/s = 1000 B/s
+    assert f.compute_seconds == pytest.approx(17120 / 1000)  # 1e-9 TFLOPS = 1000 FLOP/s
     assert f.memory_tok_s == pytest.approx(6 / 6.448)
     d = f.as_dict(measured_seconds=12.896)
     assert d["memory_fraction"] == pytest.approx(0.5)
@@ -124,23 +171,52 @@ def test_floor_of_the_default_workload_on_qwen3_06b():
 
 # -- the CLI end to end ------------------------------------------------------------------------------
 
+
 def test_bench_modules_do_not_import_textual():
-    code = ("import sys; import nanovllm_tui.bench.cli, nanovllm_tui.bench.offline, nanovllm_tui.bench.online, "
-            "nanovllm_tui.bench.compare_hf, nanovllm_tui.bench.floor, nanovllm_tui.bench.model_source; "
-            "assert 'textual' not in sys.modules, 'bench imported textual'")
+    code = (
+        "import sys; import nanovllm_tui.bench.cli, nanovllm_tui.bench.offline, nanovllm_tui.bench.online, "
+        "nanovllm_tui.bench.compare_hf, nanovllm_tui.bench.floor, nanovllm_tui.bench.model_source; "
+        "assert 'textual' not in sys.modules, 'bench imported textual'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_offline_cli_with_transformers_json_and_trace(tiny_config, tmp_path, capsys):
     out, trace = tmp_path / "bench.json", tmp_path / "trace.jsonl"
-    rc = main(["offline", *tiny_config, *SMALL, "--compare", "transformers", "--compare", "transformers-static",
-               "--hf-batch-size", "4", "--json", str(out), "--trace", str(trace)])
+    rc = main(
+        [
+            "offline",
+            *tiny_config,
+            *SMALL,
+            "--compare",
+            "transformers",
+            "--compare",
+            "transformers-static",
+            "--hf-batch-size",
+            "4",
+            "--json",
+            str(out),
+            "--trace",
+            str(trace),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "Total: " in printed and "nanovllm-tui / transformers-cb:" in printed and "Floor:" in printed
     doc = json.loads(out.read_text())
-    assert {"mode", "argv", "environment", "model", "engine_options", "workload", "engine", "offline", "ratios",
-            "floor", "trace"} <= set(doc)
+    assert {
+        "mode",
+        "argv",
+        "environment",
+        "model",
+        "engine_options",
+        "workload",
+        "engine",
+        "offline",
+        "ratios",
+        "floor",
+        "trace",
+    } <= set(doc)
     assert doc["engine"]["mixed_prefill_tokens"] == 0  # offline: the engine's own default, no cap
     expected = doc["workload"]["output_tokens"]
     assert expected == total_output_tokens(make_offline_workload(NUM_REQUESTS, (8, 48), (4, 24), 0, 2000))
@@ -155,16 +231,28 @@ def test_offline_cli_with_transformers_json_and_trace(tiny_config, tmp_path, cap
     static = doc["offline"]["transformers-static"]["extra"]
     assert static["generated_including_padding"] >= expected  # each batch runs to its longest request
     floor = doc["floor"]
-    for key in ("bandwidth_gbs", "peak_tflops", "decode_steps", "weight_bytes", "kv_bytes", "flops",
-                "memory_floor_tok_s", "compute_floor_tok_s", "memory_fraction", "compute_fraction", "model_shape"):
+    for key in (
+        "bandwidth_gbs",
+        "peak_tflops",
+        "decode_steps",
+        "weight_bytes",
+        "kv_bytes",
+        "flops",
+        "memory_floor_tok_s",
+        "compute_floor_tok_s",
+        "memory_fraction",
+        "compute_fraction",
+        "model_shape",
+    ):
         assert floor[key] is not None and floor[key] == floor[key], key
-    assert floor["bandwidth_gbs"] > 0 and 0 < floor["memory_fraction"]
+    assert floor["bandwidth_gbs"] > 0 and floor["memory_fraction"] > 0
     # The trace holds every timed step: each request finishes once, and (no preemption) every output token but
     # each request's first comes from a decode.
     steps = [json.loads(line) for line in trace.read_text().splitlines()]
     assert len(steps) == doc["trace"]["steps"] == ours["extra"]["num_steps"] > 0
     assert sorted(r for s in steps for r in s["finished_request_ids"]) == sorted(
-        {r for s in steps for r in s["finished_request_ids"]})
+        {r for s in steps for r in s["finished_request_ids"]}
+    )
     assert sum(len(s["finished_request_ids"]) for s in steps) == NUM_REQUESTS
     assert sum(s["num_preemptions"] for s in steps) == 0
     assert sum(s["num_decode_tokens"] for s in steps) == expected - NUM_REQUESTS
@@ -173,8 +261,21 @@ def test_offline_cli_with_transformers_json_and_trace(tiny_config, tmp_path, cap
 
 def test_online_cli_through_the_service(tiny_config, tmp_path):
     out, trace = tmp_path / "online.json", tmp_path / "trace.jsonl"
-    rc = main(["online", *tiny_config, *SMALL, "--request-rate", "50", "--policy", "prefill_first",
-               "--json", str(out), "--trace", str(trace)])
+    rc = main(
+        [
+            "online",
+            *tiny_config,
+            *SMALL,
+            "--request-rate",
+            "50",
+            "--policy",
+            "prefill_first",
+            "--json",
+            str(out),
+            "--trace",
+            str(trace),
+        ]
+    )
     assert rc == 0
     doc = json.loads(out.read_text())
     assert doc["engine"]["mixed_prefill_tokens"] == SERVING_MIXED_PREFILL_TOKENS  # the streaming service's default
@@ -208,12 +309,15 @@ def test_config_model_is_built_once_and_reused(tiny_config):
     assert shape.non_embedding_params == 2 * (4096 + 4096 + 4096 + 24576 + 128 + 32) + 64
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--max-token-id", "5000"], "outside the model's vocabulary"),
-    (["--output-len", "100,200"], "--max-model-len"),
-    (["--policy", "mixed,prefill_first"], "offline mode runs one --policy"),
-    (["online", "--compare", "transformers"], "--compare runs the offline workload"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-token-id", "5000"], "outside the model's vocabulary"),
+        (["--output-len", "100,200"], "--max-model-len"),
+        (["--policy", "mixed,prefill_first"], "offline mode runs one --policy"),
+        (["online", "--compare", "transformers"], "--compare runs the offline workload"),
+    ],
+)
 def test_bad_flags_fail_with_a_message(tiny_config, capsys, extra, message):
     assert main([*tiny_config, *SMALL, *extra]) == 2
     assert message in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """The nanovllm-tui command line: bad --model paths fail before any UI with exit 2 and exactly one stderr line."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nanovllm_tui.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "nanovllm_tui.app.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -44,10 +46,25 @@ def edit_config(path: Path, **changes) -> None:
 def test_help_and_version():
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for flag in ("--model", "--device", "--dtype", "--max-model-len", "--block-size", "--num-kvcache-blocks",
-                 "--kv-cache-memory", "--gpu-memory-utilization", "--max-num-seqs", "--max-num-batched-tokens",
-                 "--policy", "--no-prefix-caching", "--enforce-eager", "--tensor-parallel-size",
-                 "--attention-backend", "--debug", "--version"):
+    for flag in (
+        "--model",
+        "--device",
+        "--dtype",
+        "--max-model-len",
+        "--block-size",
+        "--num-kvcache-blocks",
+        "--kv-cache-memory",
+        "--gpu-memory-utilization",
+        "--max-num-seqs",
+        "--max-num-batched-tokens",
+        "--policy",
+        "--no-prefix-caching",
+        "--enforce-eager",
+        "--tensor-parallel-size",
+        "--attention-backend",
+        "--debug",
+        "--version",
+    ):
         assert flag in proc.stdout
     proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("nanovllm-tui ")
@@ -86,8 +103,18 @@ def test_weights_not_matching_config(tmp_path, tiny_qwen3_gqa_dir, change):
 
 
 def test_cache_too_small_names_the_flag(tiny_qwen3_gqa_dir):
-    proc = run_cli("--model", str(tiny_qwen3_gqa_dir), "--device", "cpu", "--block-size", "16",
-                   "--num-kvcache-blocks", "4", "--max-model-len", "512")
+    proc = run_cli(
+        "--model",
+        str(tiny_qwen3_gqa_dir),
+        "--device",
+        "cpu",
+        "--block-size",
+        "16",
+        "--num-kvcache-blocks",
+        "4",
+        "--max-model-len",
+        "512",
+    )
     assert_one_line_error(proc, "--num-kvcache-blocks", "--max-model-len")
 
 
@@ -98,7 +125,8 @@ def test_bench_subcommand_dispatches():
 
 
 def test_mixed_prefill_tokens_flag_reaches_the_engine_options():
-    from nanovllm_tui.cli import build_parser, engine_kwargs
+    from nanovllm_tui.app.cli import build_parser, engine_kwargs
+
     args = build_parser().parse_args(["--model", "m"])
     assert "mixed_prefill_tokens" not in engine_kwargs(args)  # the streaming service's default applies
     args = build_parser().parse_args(["--model", "m", "--mixed-prefill-tokens", "0"])

@@ -1,22 +1,39 @@
 """The dashboard's pure pieces: block-map downsampling, sparklines, gauges, and the StatsWindow bookkeeping."""
+
 from __future__ import annotations
 
-from engine.stats import CACHED, FREE, SHARED, USED, BlockMap, StepStats
-from nanovllm_tui.render import block_cells, gauge, heat_map, spark
-from nanovllm_tui.session import session_of
-from nanovllm_tui.stats_window import StatsWindow
+from nanovllm_tui.app.render import block_cells, gauge, heat_map, spark
+from nanovllm_tui.app.session import session_of
+from nanovllm_tui.app.stats_window import StatsWindow
+from nanovllm_tui.engine.stats import CACHED, FREE, SHARED, USED, BlockMap, StepStats
 
 
 def step(i: int, preempted: tuple[str, ...] = (), queries: int = 0, hits: int = 0) -> StepStats:
-    return StepStats(step=i, start_time=100.0 + i, duration=0.5, policy="mixed", num_seqs=2, num_prefill_tokens=10,
-                     num_decode_tokens=2, num_running=2, num_waiting=0, num_blocks_free=6, num_blocks_used=2,
-                     num_blocks_cached=0, prefix_cache_queries=queries, prefix_cache_hits=hits,
-                     num_preemptions=len(preempted), preempted_request_ids=preempted)
+    return StepStats(
+        step=i,
+        start_time=100.0 + i,
+        duration=0.5,
+        policy="mixed",
+        num_seqs=2,
+        num_prefill_tokens=10,
+        num_decode_tokens=2,
+        num_running=2,
+        num_waiting=0,
+        num_blocks_free=6,
+        num_blocks_used=2,
+        num_blocks_cached=0,
+        prefix_cache_queries=queries,
+        prefix_cache_hits=hits,
+        num_preemptions=len(preempted),
+        preempted_request_ids=preempted,
+    )
 
 
 def test_block_cells_keep_the_busiest_state_and_the_majority_owner():
-    bm = BlockMap(bytes([FREE, USED, USED, CACHED, FREE, FREE, SHARED, FREE]),
-                  (None, "s1-1", "s2-1", None, None, None, "s2-1", None))  # two blocks per cell below
+    bm = BlockMap(
+        bytes([FREE, USED, USED, CACHED, FREE, FREE, SHARED, FREE]),
+        (None, "s1-1", "s2-1", None, None, None, "s2-1", None),
+    )  # two blocks per cell below
     cells, per_cell = block_cells(bm, 4)
     assert per_cell == 2
     assert cells == [(USED, "s1-1"), (USED, "s2-1"), (FREE, None), (SHARED, "s2-1")]

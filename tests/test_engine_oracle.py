@@ -1,10 +1,11 @@
 """Greedy output of the engine equals transformers' greedy generate, whatever the scheduling does."""
+
 from __future__ import annotations
 
 import pytest
-
-from engine import LLM, SamplingParams
 from engine_helpers import check_clean, hf_greedy, mixed_prompts
+
+from nanovllm_tui.engine import LLM, SamplingParams
 
 MAX_NEW = 12
 PROMPTS = mixed_prompts()

@@ -1,12 +1,13 @@
 """Regression scenarios from nano-vllm's history: prefix-cache edge cases, block boundaries, preemption, oversize requests."""
+
 from __future__ import annotations
 
 import random
 
 import pytest
-
-from engine import LLM, SamplingParams
 from engine_helpers import check_clean, hf_greedy
+
+from nanovllm_tui.engine import LLM, SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6)
 BS = 16

@@ -1,14 +1,15 @@
 """Fault injection on the real engine (tiny Qwen3): a failing forward, a failing tokenizer, NaN logits
 for one request, and a KV cache that cannot be allocated. One fault hurts one request (or one step's
 requests), never the engine or the others."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
-from engine import LLM, SamplingParams
-from engine.model_runner import ModelRunner
 from engine_helpers import check_clean
+
+from nanovllm_tui.engine import LLM, SamplingParams
+from nanovllm_tui.engine.execution.model_runner import ModelRunner
 
 OPTS = dict(kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=64, max_num_seqs=2)
 PROMPTS = {f"r{i}": [100 + 37 * i + k for k in range(5 + 7 * i)] for i in range(4)}
@@ -87,9 +88,11 @@ def test_tokenizer_that_raises_on_one_request(tiny_qwen3_gqa_dir, monkeypatch):
     check_clean(llm)
 
 
-@pytest.mark.parametrize("victim_sp", [GREEDY, SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=3,
-                                                              max_tokens=6, ignore_eos=True)],
-                         ids=["greedy", "sampled"])
+@pytest.mark.parametrize(
+    "victim_sp",
+    [GREEDY, SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=3, max_tokens=6, ignore_eos=True)],
+    ids=["greedy", "sampled"],
+)
 def test_nan_logits_for_one_row_fail_that_request_only(tiny_qwen3_gqa_dir, reference, victim_sp):
     llm = LLM(str(tiny_qwen3_gqa_dir), **dict(OPTS, max_num_seqs=4))
     runner = llm.model_runner
@@ -132,8 +135,10 @@ def test_kv_cache_too_big_for_memory_is_one_clear_line(tiny_qwen3_gqa_dir):
 
 def test_kv_cache_allocator_oom_is_one_clear_line(tiny_qwen3_gqa_dir, monkeypatch):
     def oom(self, num_blocks):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB.\nGPU 0 has a total "
-                                     "capacity of 79.1 GiB of which 1.2 GiB is free.\nSee documentation ...")
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 40.00 GiB.\nGPU 0 has a total "
+            "capacity of 79.1 GiB of which 1.2 GiB is free.\nSee documentation ..."
+        )
 
     monkeypatch.setattr(ModelRunner, "_bind_kv_cache", oom)
     with pytest.raises(ValueError) as info:

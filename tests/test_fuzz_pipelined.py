@@ -14,6 +14,7 @@ are a pure function of the paged cache, so a pipelined engine must give exactly 
    A failure names its seed: drive(make_script(seed, block), True, collections.Counter()) replays it.
 NANOVLLM_FUZZ=long (or --long) runs more examples and seeds.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,12 +22,12 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+import test_fuzz_scheduler as base
+from fuzz_harness import VOCAB, check_engine, make_engine, next_token
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import rule, run_state_machine_as_test
 
-import test_fuzz_scheduler as base
-from engine.sampling_params import SamplingParams
-from fuzz_harness import VOCAB, check_engine, make_engine, next_token
+from nanovllm_tui.engine.sampling_params import SamplingParams
 
 PROFILES = {  # (machine examples, rules per example, scripted seeds per block size)
     "ci": (300, 25, 60),
@@ -54,9 +55,12 @@ class PipelinedEngineMachine(base.EngineMachine):
         super().teardown()
         if self.engine is not None:
             r = self.engine.model_runner
-            for key, value in (("ahead_launches", r.num_ahead_launches), ("ahead_same_list", r.num_ahead_same_list),
-                               ("ahead_partial", r.num_ahead_partial),
-                               ("ahead_discarded", r.num_ahead_discarded)):
+            for key, value in (
+                ("ahead_launches", r.num_ahead_launches),
+                ("ahead_same_list", r.num_ahead_same_list),
+                ("ahead_partial", r.num_ahead_partial),
+                ("ahead_discarded", r.num_ahead_discarded),
+            ):
                 base.COVERAGE[key] = base.COVERAGE.get(key, 0) + value
 
 
@@ -64,10 +68,18 @@ def test_fuzz_engine_scheduler_pipelined(request, capsys):
     name = _profile(request)
     examples, rules, _ = PROFILES[name]
     base.COVERAGE.clear()
-    run_state_machine_as_test(PipelinedEngineMachine, settings=settings(
-        max_examples=examples, stateful_step_count=rules, deadline=None, derandomize=name == "ci", print_blob=True,
-        database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                              HealthCheck.data_too_large]))
+    run_state_machine_as_test(
+        PipelinedEngineMachine,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=rules,
+            deadline=None,
+            derandomize=name == "ci",
+            print_blob=True,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+        ),
+    )
     with capsys.disabled():
         print(f"\n[pipelined fuzz profile {name}] {examples} examples: {base.COVERAGE}")
     # Not prefix hits: which examples hypothesis draws here shifts with what else the session imports (0 hits
@@ -102,12 +114,19 @@ def make_script(seed: int, block: int) -> Script:
     rng = random.Random(seed * 1000 + block)
     max_model_len = rng.choice([48, 64, 96])
     caching = rng.random() < 0.8
-    kwargs = dict(kvcache_block_size=block, max_model_len=max_model_len, enable_prefix_caching=caching,
-                  max_num_seqs=rng.choice([4, 8, 16, 16]), max_num_batched_tokens=rng.choice([6, 32, 256, 256]),
-                  scheduling_policy=rng.choice(["mixed", "mixed", "prefill_first"]),
-                  mixed_prefill_tokens=rng.choice([0, 0, 5, 24]))
-    shared_sps = [SamplingParams(temperature=0.8, top_k=20, top_p=0.9, max_tokens=rng.randint(5, 30)),
-                  SamplingParams(temperature=0, max_tokens=rng.randint(5, 30), ignore_eos=True)]
+    kwargs = dict(
+        kvcache_block_size=block,
+        max_model_len=max_model_len,
+        enable_prefix_caching=caching,
+        max_num_seqs=rng.choice([4, 8, 16, 16]),
+        max_num_batched_tokens=rng.choice([6, 32, 256, 256]),
+        scheduling_policy=rng.choice(["mixed", "mixed", "prefill_first"]),
+        mixed_prefill_tokens=rng.choice([0, 0, 5, 24]),
+    )
+    shared_sps = [
+        SamplingParams(temperature=0.8, top_k=20, top_p=0.9, max_tokens=rng.randint(5, 30)),
+        SamplingParams(temperature=0, max_tokens=rng.randint(5, 30), ignore_eos=True),
+    ]
     script = Script(seed, kwargs)
     prompts: list[list[int]] = []
     for i in range(rng.randint(10, 28)):
@@ -119,8 +138,9 @@ def make_script(seed: int, block: int) -> Script:
         elif prompts and kind < 0.3:  # an earlier request's prompt and output: hits blocks its decode steps filled
             j = rng.randrange(len(script.reqs))
             src = script.reqs[j].prompt
-            prompt = fake_continuation(src, rng.randint(1, max_model_len - len(src))) + \
-                [rng.randrange(3, VOCAB) for _ in range(rng.randint(0, 3))]
+            prompt = fake_continuation(src, rng.randint(1, max_model_len - len(src))) + [
+                rng.randrange(3, VOCAB) for _ in range(rng.randint(0, 3))
+            ]
             arrive = script.reqs[j].arrive + rng.randint(5, 60)
             continues = len(src)
         elif prompts and kind < 0.4:  # shared prefix, cut anywhere (often on a block edge)
@@ -128,9 +148,11 @@ def make_script(seed: int, block: int) -> Script:
             cut = rng.choice([len(src), rng.randint(1, len(src)), min(len(src), block * rng.randint(1, 3))])
             prompt = src[:cut] + [rng.randrange(3, VOCAB) for _ in range(rng.randint(0, 12))]
         else:
-            prompt = [rng.randrange(3, VOCAB) for _ in range(rng.choice([1, 2, block - 1, block, block + 1,
-                                                                         rng.randint(1, 30)]))]
-        prompt = prompt[:max_model_len - 1]
+            prompt = [
+                rng.randrange(3, VOCAB)
+                for _ in range(rng.choice([1, 2, block - 1, block, block + 1, rng.randint(1, 30)]))
+            ]
+        prompt = prompt[: max_model_len - 1]
         prompts.append(prompt)
         room = max_model_len - len(prompt)
         if rng.random() < 0.15:
@@ -140,12 +162,24 @@ def make_script(seed: int, block: int) -> Script:
         else:
             max_tokens = room if rng.random() < 0.15 else rng.randint(1, min(room, 60))
             stop_ids = rng.choice([None, None, None, list(range(3, 1500)), [rng.randrange(3, VOCAB)]])
-            sp = SamplingParams(temperature=rng.choice([0.0, 0.0, 0.7]), top_k=rng.choice([-1, -1, 8]),
-                                top_p=rng.choice([1.0, 1.0, 0.95]), seed=rng.choice([None, None, rng.randrange(2**40)]),
-                                max_tokens=max_tokens, ignore_eos=rng.random() < 0.5, stop_token_ids=stop_ids,
-                                stop=rng.choice([None] * 8 + [["e"], ["\n"]]))
-        req = Req(f"r{i}", prompt, sp, detokenize=sp.stop is not None or rng.random() < 0.15, arrive=arrive,
-                  continues=continues)
+            sp = SamplingParams(
+                temperature=rng.choice([0.0, 0.0, 0.7]),
+                top_k=rng.choice([-1, -1, 8]),
+                top_p=rng.choice([1.0, 1.0, 0.95]),
+                seed=rng.choice([None, None, rng.randrange(2**40)]),
+                max_tokens=max_tokens,
+                ignore_eos=rng.random() < 0.5,
+                stop_token_ids=stop_ids,
+                stop=rng.choice([None] * 8 + [["e"], ["\n"]]),
+            )
+        req = Req(
+            f"r{i}",
+            prompt,
+            sp,
+            detokenize=sp.stop is not None or rng.random() < 0.15,
+            arrive=arrive,
+            continues=continues,
+        )
         roll = rng.random()
         if roll < 0.2:
             req.abort_after_tokens = rng.randint(0, max(0, sp.max_tokens - 1))
@@ -202,8 +236,12 @@ def drive(script: Script, pipelined: bool, stats: dict) -> dict[str, dict]:
                 res["finish_reason"], res["error"] = o.finish_reason, o.error
         for r in script.reqs:  # abort at an exact token count: the same point whatever the step timing
             res = got.get(r.rid)
-            if r.abort_after_tokens and res and res["finish_reason"] is None and \
-                    len(res["token_ids"]) >= r.abort_after_tokens:
+            if (
+                r.abort_after_tokens
+                and res
+                and res["finish_reason"] is None
+                and len(res["token_ids"]) >= r.abort_after_tokens
+            ):
                 assert len(res["token_ids"]) == r.abort_after_tokens, (label, call, r.rid)
                 assert engine.abort_request(r.rid), (label, call, r.rid)
         try:
@@ -219,23 +257,44 @@ def drive(script: Script, pipelined: bool, stats: dict) -> dict[str, dict]:
     if pipelined:
         r = engine.model_runner
         assert not r._queue, f"{label}: launches never collected: {[s.index for s in r._queue]}"
-        for key in ("ahead_launches", "ahead_same_list", "ahead_partial", "ahead_block_edges", "ahead_discarded",
-                    "ahead_declined"):
+        for key in (
+            "ahead_launches",
+            "ahead_same_list",
+            "ahead_partial",
+            "ahead_block_edges",
+            "ahead_discarded",
+            "ahead_declined",
+        ):
             stats[key] += getattr(r, f"num_{key}")
         stats["preemptions"] += engine.num_preemptions
         stats["prefix_hit_tokens"] += engine.prefix_cache_hits
         # Prompts that hit blocks an earlier request's (pipelined) decode steps filled and hashed.
-        stats["decode_block_hits"] += sum(r.continues and seqs[r.rid].num_cached_tokens > r.continues
-                                          for r in script.reqs)
+        stats["decode_block_hits"] += sum(
+            r.continues and seqs[r.rid].num_cached_tokens > r.continues for r in script.reqs
+        )
     return got
 
 
 @pytest.mark.parametrize("block", [4, 16])
 def test_pipelined_equals_synchronous_scripted(request, capsys, block: int) -> None:
     seeds = PROFILES[_profile(request)][2]
-    stats = dict.fromkeys(("ahead_launches", "ahead_same_list", "ahead_partial", "ahead_block_edges", "ahead_discarded",
-                           "ahead_declined", "preemptions", "prefix_hit_tokens", "decode_block_hits", "stop", "length",
-                           "abort"), 0)
+    stats = dict.fromkeys(
+        (
+            "ahead_launches",
+            "ahead_same_list",
+            "ahead_partial",
+            "ahead_block_edges",
+            "ahead_discarded",
+            "ahead_declined",
+            "preemptions",
+            "prefix_hit_tokens",
+            "decode_block_hits",
+            "stop",
+            "length",
+            "abort",
+        ),
+        0,
+    )
     for seed in range(seeds):
         script = make_script(seed, block)
         want = drive(script, False, stats)
@@ -243,24 +302,37 @@ def test_pipelined_equals_synchronous_scripted(request, capsys, block: int) -> N
         for r in script.reqs:
             g, w = got[r.rid], want[r.rid]
             sp = r.sp
-            where = (f"seed {seed}, block {block}, request {r.rid} ({len(r.prompt)} prompt tokens, max_tokens "
-                     f"{sp.max_tokens}, ignore_eos {sp.ignore_eos}, stop {sp.stop}, {len(sp.stop_token_ids or ())} "
-                     f"stop ids), {script.kwargs}")
+            where = (
+                f"seed {seed}, block {block}, request {r.rid} ({len(r.prompt)} prompt tokens, max_tokens "
+                f"{sp.max_tokens}, ignore_eos {sp.ignore_eos}, stop {sp.stop}, {len(sp.stop_token_ids or ())} "
+                f"stop ids), {script.kwargs}"
+            )
             if r.abort_at_call is not None and "abort" in (g["finish_reason"], w["finish_reason"]):
                 # Aborted at a step() call: each run stopped it at its own point of the same output.
                 short, long_ = sorted((g["token_ids"], w["token_ids"]), key=len)
-                assert long_[:len(short)] == short, f"{where}: pipelined {g} vs synchronous {w}"
+                assert long_[: len(short)] == short, f"{where}: pipelined {g} vs synchronous {w}"
                 continue
             a, b = g["token_ids"], w["token_ids"]
             i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
             assert a == b, f"{where}: tokens differ from index {i}:\n  pipelined   {a}\n  synchronous {b}"
-            assert (g["finish_reason"], g["error"], g["text"]) == (w["finish_reason"], w["error"], w["text"]), \
+            assert (g["finish_reason"], g["error"], g["text"]) == (w["finish_reason"], w["error"], w["text"]), (
                 f"{where}: pipelined {g} vs synchronous {w}"
+            )
             stats[g["finish_reason"]] = stats.get(g["finish_reason"], 0) + 1
     with capsys.disabled():
         print(f"\n[pipelined scripted, block {block}] {seeds} seeds: {stats}")
     # The runs must reach the states the pipeline has to handle, or a pass means little.
     assert stats["ahead_launches"] > 25 * seeds, stats
-    for key in ("ahead_partial", "ahead_block_edges", "ahead_discarded", "ahead_declined", "preemptions",
-                "prefix_hit_tokens", "decode_block_hits", "stop", "length", "abort"):
+    for key in (
+        "ahead_partial",
+        "ahead_block_edges",
+        "ahead_discarded",
+        "ahead_declined",
+        "preemptions",
+        "prefix_hit_tokens",
+        "decode_block_hits",
+        "stop",
+        "length",
+        "abort",
+    ):
         assert stats[key] > 0, f"the scripts never reached {key}: {stats}"

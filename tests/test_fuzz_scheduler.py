@@ -10,17 +10,18 @@ Profiles: CI (default) runs 2,000 derandomized examples of up to 25 rules (~42,0
 `pytest --long` (or NANOVLLM_FUZZ=long) runs 4,000 fresh random examples of up to 80 rules; the count
 reached is printed. See docs/ROBUSTNESS.md.
 """
+
 from __future__ import annotations
 
 import os
 
 import pytest
+from fuzz_harness import EOS, POISON, VOCAB, check_engine, live_seqs, make_engine, run_alone
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine.sampling_params import SamplingParams
-from fuzz_harness import EOS, POISON, VOCAB, check_engine, live_seqs, make_engine, run_alone
+from nanovllm_tui.engine.sampling_params import SamplingParams
 
 BLOCK = 16
 PROFILES = {
@@ -42,29 +43,45 @@ class EngineMachine(RuleBasedStateMachine):
         self.engine = None
         self.kwargs: dict = {}
         self.prompts: list[list[int]] = []
-        self.meta: dict[str, tuple] = {}       # request id -> (prompt, sp, detokenize)
-        self.got: dict[str, dict] = {}         # request id -> accumulated outputs
-        self.failed_ids: set[str] = set()      # errored because an injected forward failure hit their step
+        self.meta: dict[str, tuple] = {}  # request id -> (prompt, sp, detokenize)
+        self.got: dict[str, dict] = {}  # request id -> accumulated outputs
+        self.failed_ids: set[str] = set()  # errored because an injected forward failure hit their step
         self.aborted_ids: set[str] = set()
         self.next_id = 0
         self.rule_count = 0
 
-    @initialize(num_blocks=st.sampled_from([1, 2, 3, 4, 5, 6, 8, 12]), budget=st.sampled_from([1, 2, 5, 16, 17, 33, 64]),
-                max_num_seqs=st.integers(1, 4), caching=st.sampled_from([True, True, False]),
-                policy=st.sampled_from(["mixed", "prefill_first"]), max_model_len=st.sampled_from([64, 100]),
-                prompt_cap=st.sampled_from([0, 0, 1, 3, 16]))
+    @initialize(
+        num_blocks=st.sampled_from([1, 2, 3, 4, 5, 6, 8, 12]),
+        budget=st.sampled_from([1, 2, 5, 16, 17, 33, 64]),
+        max_num_seqs=st.integers(1, 4),
+        caching=st.sampled_from([True, True, False]),
+        policy=st.sampled_from(["mixed", "prefill_first"]),
+        max_model_len=st.sampled_from([64, 100]),
+        prompt_cap=st.sampled_from([0, 0, 1, 3, 16]),
+    )
     def build(self, num_blocks, budget, max_num_seqs, caching, policy, max_model_len, prompt_cap):
-        self.kwargs = dict(kvcache_block_size=BLOCK, num_kvcache_blocks=num_blocks, max_num_batched_tokens=budget,
-                           max_num_seqs=max_num_seqs, enable_prefix_caching=caching, scheduling_policy=policy,
-                           max_model_len=max_model_len, mixed_prefill_tokens=prompt_cap)
+        self.kwargs = dict(
+            kvcache_block_size=BLOCK,
+            num_kvcache_blocks=num_blocks,
+            max_num_batched_tokens=budget,
+            max_num_seqs=max_num_seqs,
+            enable_prefix_caching=caching,
+            scheduling_policy=policy,
+            max_model_len=max_model_len,
+            mixed_prefill_tokens=prompt_cap,
+        )
         self.engine = make_engine(pipelined=self.pipelined, **self.kwargs)
 
     # -- rules ---------------------------------------------------------------------------------
-    @rule(target=request_ids, data=st.data(),
-          kind=st.sampled_from(["random", "boundary", "shared_prefix", "identical", "pressure"] * 3 + ["poison"]),
-          max_tokens=st.integers(1, 24), ignore_eos=st.booleans(),
-          stop=st.sampled_from([None, None, None, ["e"], ["the", "x"], ["\n"]]),
-          stop_ids=st.sampled_from([None, None, [5, 6], list(range(3, 3000))]))
+    @rule(
+        target=request_ids,
+        data=st.data(),
+        kind=st.sampled_from(["random", "boundary", "shared_prefix", "identical", "pressure"] * 3 + ["poison"]),
+        max_tokens=st.integers(1, 24),
+        ignore_eos=st.booleans(),
+        stop=st.sampled_from([None, None, None, ["e"], ["the", "x"], ["\n"]]),
+        stop_ids=st.sampled_from([None, None, [5, 6], list(range(3, 3000))]),
+    )
     def add(self, data, kind, max_tokens, ignore_eos, stop, stop_ids):
         self.rule_count += 1
         if kind == "identical" and self.prompts:
@@ -84,8 +101,9 @@ class EngineMachine(RuleBasedStateMachine):
             prompt = data.draw(st.lists(token, min_size=n, max_size=n))
             if kind == "poison":
                 prompt[0] = POISON
-        sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=ignore_eos, stop=stop,
-                            stop_token_ids=stop_ids)
+        sp = SamplingParams(
+            temperature=0, max_tokens=max_tokens, ignore_eos=ignore_eos, stop=stop, stop_token_ids=stop_ids
+        )
         detok = stop is not None or data.draw(st.booleans())
         return self._submit(prompt, sp, detok)
 
@@ -169,8 +187,10 @@ class EngineMachine(RuleBasedStateMachine):
             # Nothing changes between steps while draining: a step that schedules nothing will repeat forever.
             idle = idle + 1 if self.engine.last_step.num_seqs == 0 else 0
             assert idle < 3, f"livelock: {len(live_seqs(self.engine))} requests left but nothing schedulable"
-        raise AssertionError(f"livelock: {len(live_seqs(self.engine))} requests unfinished after {bound} steps "
-                             f"(policy {self.engine.scheduler.policy}, {self.kwargs})")
+        raise AssertionError(
+            f"livelock: {len(live_seqs(self.engine))} requests unfinished after {bound} steps "
+            f"(policy {self.engine.scheduler.policy}, {self.kwargs})"
+        )
 
     def teardown(self):
         if self.engine is None:
@@ -187,7 +207,7 @@ class EngineMachine(RuleBasedStateMachine):
             alone = run_alone(alone_kwargs, prompt, sp, detok)
             if rid in self.aborted_ids or rid in self.failed_ids:
                 # Cut short on purpose: what it produced must still be the start of its solo output.
-                assert alone["token_ids"][:len(r["token_ids"])] == r["token_ids"], rid
+                assert alone["token_ids"][: len(r["token_ids"])] == r["token_ids"], rid
                 assert r["finish_reason"] == ("abort" if rid in self.aborted_ids else "error")
                 continue
             assert r["token_ids"] == alone["token_ids"], f"{rid}: crowd output differs from solo output"
@@ -196,11 +216,16 @@ class EngineMachine(RuleBasedStateMachine):
             if r["token_ids"] and r["finish_reason"] == "stop" and not sp.stop:
                 assert r["token_ids"][-1] in ((EOS,) if not sp.ignore_eos else ()) + tuple(sp.stop_token_ids or ())
         e = self.engine
-        for key, value in (("rules", self.rule_count), ("preemptions", e.num_preemptions),
-                           ("prefix_hit_tokens", e.prefix_cache_hits), ("chunked_prefills", e.num_chunked_prefills),
-                           ("aborted", len(self.aborted_ids)), ("failed_forward", len(self.failed_ids)),
-                           ("errored", sum(r["finish_reason"] == "error" for r in self.got.values())),
-                           ("requests", len(self.meta))):
+        for key, value in (
+            ("rules", self.rule_count),
+            ("preemptions", e.num_preemptions),
+            ("prefix_hit_tokens", e.prefix_cache_hits),
+            ("chunked_prefills", e.num_chunked_prefills),
+            ("aborted", len(self.aborted_ids)),
+            ("failed_forward", len(self.failed_ids)),
+            ("errored", sum(r["finish_reason"] == "error" for r in self.got.values())),
+            ("requests", len(self.meta)),
+        ):
             COVERAGE[key] = COVERAGE.get(key, 0) + value
 
 
@@ -215,9 +240,13 @@ def test_fuzz_engine_scheduler(request, capsys):
     name = "long" if request.config.getoption("--long", default=False) else _profile()
     COVERAGE.clear()
     EngineMachine.TestCase.settings = settings(
-        deadline=None, derandomize=name == "ci", print_blob=True, database=None,
+        deadline=None,
+        derandomize=name == "ci",
+        print_blob=True,
+        database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
-        **PROFILES[name])
+        **PROFILES[name],
+    )
     EngineMachine.TestCase().runTest()
     with capsys.disabled():
         print(f"\n[fuzz profile {name}] {PROFILES[name]['max_examples']} examples: {COVERAGE}")

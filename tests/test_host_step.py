@@ -1,4 +1,5 @@
 """Host-side shortcuts of a decode step: incremental block tables, stop rules resolved at admission, seed draws."""
+
 from __future__ import annotations
 
 import random
@@ -6,12 +7,12 @@ import random
 import numpy as np
 import pytest
 import torch
-
-from engine.cuda_graph import CUDAGraphRunner
-from engine.input_builder import InputBuilder
-from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence
 from test_input_builder import BLOCK, reference
+
+from nanovllm_tui.engine.execution.cuda_graph import CUDAGraphRunner
+from nanovllm_tui.engine.execution.input_builder import InputBuilder
+from nanovllm_tui.engine.sampling_params import SamplingParams
+from nanovllm_tui.engine.scheduling.sequence import Sequence
 
 
 class _Blocks:
@@ -36,18 +37,22 @@ def test_block_tables_stay_right_across_decode_steps(graphs: bool, seed: int) ->
     """The builder rewrites only rows whose table grew; tables replaced, rows dropped or reordered still come out right."""
     rng = random.Random(seed)
     blocks = _Blocks()
-    runner = CUDAGraphRunner(forward=None, device=torch.device("cpu"), max_num_seqs=48, max_model_len=2048,
-                             block_size=BLOCK) if graphs else None  # buffers and buckets only
+    runner = (
+        CUDAGraphRunner(forward=None, device=torch.device("cpu"), max_num_seqs=48, max_model_len=2048, block_size=BLOCK)
+        if graphs
+        else None
+    )  # buffers and buckets only
     builder = InputBuilder(torch.device("cpu"), BLOCK)
     pool = [_seq(rng, blocks) for _ in range(rng.randint(2, 30))]
     for step in range(80):
         items = [(s, 1) for s in pool]
         built = builder.build(items, runner)
         ref = reference(items)
-        assert built.tensors["slot_mapping"].tolist()[:len(items)] == ref["slot_mapping"], step
+        assert built.tensors["slot_mapping"].tolist()[: len(items)] == ref["slot_mapping"], step
         width = built.layout.width
-        assert built.tensors["block_tables"][:len(items)].tolist() == [
-            s.block_table + [-1] * (width - len(s.block_table)) for s in pool], step
+        assert built.tensors["block_tables"][: len(items)].tolist() == [
+            s.block_table + [-1] * (width - len(s.block_table)) for s in pool
+        ], step
         for s in pool:  # the step's token, and a block appended (in place) when it crosses a boundary
             s.token_ids.append(rng.randrange(1000))
             s.num_computed_tokens += 1
@@ -79,7 +84,7 @@ def test_fresh_seeds_are_the_integers_stream() -> None:
     builder = InputBuilder(torch.device("cpu"), BLOCK)
     builder._rng, rng = np.random.default_rng(7), np.random.default_rng(7)
     for n in (1, 5, 256):
-        want = rng.integers(-2**63, 2**63 - 1, size=n, dtype=np.int64, endpoint=True)
+        want = rng.integers(-(2**63), 2**63 - 1, size=n, dtype=np.int64, endpoint=True)
         assert builder._fresh_seeds(n).tolist() == want.tolist()
 
 
@@ -92,8 +97,9 @@ def test_final_only_requests_get_one_output_with_everything() -> None:
     prompt = [11, 12, 13, 14, 15]
     got: dict[str, list] = {"streamed": [], "final": []}
     for rid, stream in (("streamed", True), ("final", False)):
-        engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True), request_id=rid,
-                           stream=stream)
+        engine.add_request(
+            prompt, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True), request_id=rid, stream=stream
+        )
     while engine.has_unfinished_requests():
         for out in engine.step():
             got[out.request_id].append(out)

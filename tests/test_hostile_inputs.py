@@ -2,13 +2,14 @@
 whitespace prompts, a 1 MB prompt, lone surrogates, control characters and ANSI escapes, extreme
 sampling values, thousands of stop strings. Each is a clean ValueError or a normal completion; none
 leaks a block or stops the engine. (The app's inert rendering of escapes is tests/test_app.py.)"""
+
 from __future__ import annotations
 
 import pytest
-
-from engine import LLM, SamplingParams
-from engine.service import EngineService
 from engine_helpers import check_clean
+
+from nanovllm_tui.engine import LLM, SamplingParams
+from nanovllm_tui.engine.serving.thread_service import EngineService
 
 OPTS = dict(kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=64)
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -77,6 +78,7 @@ def test_bad_prompts_raise_one_line_value_error(llm, name):
 
 def test_megabyte_prompt_is_rejected_without_tokenizing(llm, monkeypatch):
     """Tokenizing 1 MB takes seconds; the character-count bound rejects it before the tokenizer runs."""
+
     def encode(*args, **kwargs):
         raise AssertionError("the tokenizer ran on a prompt that cannot fit")
 
@@ -127,11 +129,10 @@ def test_thousands_of_stop_strings(llm):
     out = _gen(llm, prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=never))
     assert out["token_ids"] == plain["token_ids"] and out["text"] == plain["text"]
     assert out["finish_reason"] == "length"
-    stop_at = plain["text"][len(plain["text"]) // 2:][:3]
+    stop_at = plain["text"][len(plain["text"]) // 2 :][:3]
     if stop_at.strip():
-        cut = _gen(llm, prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True,
-                                               stop=never + [stop_at]))
-        assert cut["finish_reason"] == "stop" and cut["text"] == plain["text"][:plain["text"].find(stop_at)]
+        cut = _gen(llm, prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=never + [stop_at]))
+        assert cut["finish_reason"] == "stop" and cut["text"] == plain["text"][: plain["text"].find(stop_at)]
 
 
 def test_hostile_inputs_through_the_service(llm):
@@ -141,10 +142,12 @@ def test_hostile_inputs_through_the_service(llm):
             with pytest.raises(ValueError, match=needle):
                 svc.submit(prompt, GREEDY)
         handles = {name: svc.submit(p, GREEDY) for name, p in VALID_ODD_PROMPTS.items()}
-        handles["extreme"] = svc.submit("x", SamplingParams(temperature=1e9, top_p=1e-9, max_tokens=8,
-                                                            ignore_eos=True, seed=-7))
-        handles["stops"] = svc.submit("y", SamplingParams(max_tokens=8, ignore_eos=True,
-                                                          stop=[f"#{i}#" for i in range(3000)]))
+        handles["extreme"] = svc.submit(
+            "x", SamplingParams(temperature=1e9, top_p=1e-9, max_tokens=8, ignore_eos=True, seed=-7)
+        )
+        handles["stops"] = svc.submit(
+            "y", SamplingParams(max_tokens=8, ignore_eos=True, stop=[f"#{i}#" for i in range(3000)])
+        )
         for name, handle in handles.items():
             res = handle.result(timeout=120)
             assert res.finish_reason == "length" and len(res.token_ids) == 8, (name, res)

@@ -1,4 +1,5 @@
 """InputBuilder against a plain per-token construction of the same step inputs, incl. CUDA-graph padding."""
+
 from __future__ import annotations
 
 import random
@@ -6,11 +7,11 @@ import random
 import pytest
 import torch
 
-from engine.cuda_graph import CUDAGraphRunner, batch_buckets, graph_width
-from engine.input_builder import InputBuilder
-from engine.input_layout import Layout
-from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence
+from nanovllm_tui.engine.execution.cuda_graph import CUDAGraphRunner, batch_buckets, graph_width
+from nanovllm_tui.engine.execution.input_builder import InputBuilder
+from nanovllm_tui.engine.execution.input_layout import Layout
+from nanovllm_tui.engine.sampling_params import SamplingParams
+from nanovllm_tui.engine.scheduling.sequence import Sequence
 
 BLOCK = 16
 
@@ -22,8 +23,7 @@ def random_batch(rng: random.Random, num_seqs: int, decode: bool) -> list[tuple[
     items = []
     for _ in range(num_seqs):
         total = rng.randint(1, 300)
-        sp = SamplingParams(temperature=rng.choice([0.0, 0.7]), top_k=rng.choice([-1, 5]),
-                            top_p=rng.choice([1.0, 0.9]))
+        sp = SamplingParams(temperature=rng.choice([0.0, 0.7]), top_k=rng.choice([-1, 5]), top_p=rng.choice([1.0, 0.9]))
         seq = Sequence([rng.randrange(1000) for _ in range(total)], sp)
         n = 1 if decode else rng.randint(1, total)
         seq.num_computed_tokens = total - n if decode or rng.random() < 0.5 else rng.randint(0, total - n)
@@ -78,8 +78,9 @@ def test_graph_padding_layout() -> None:
     width = graph_width(max_model_len, BLOCK)
     buckets = batch_buckets(48)
     assert buckets == [1, 2, 4, 8, 16, 32, 48]
-    graphs = CUDAGraphRunner(forward=None, device=torch.device("cpu"), max_num_seqs=48, max_model_len=max_model_len,
-                             block_size=BLOCK)  # buffers and buckets only; capturing needs CUDA
+    graphs = CUDAGraphRunner(
+        forward=None, device=torch.device("cpu"), max_num_seqs=48, max_model_len=max_model_len, block_size=BLOCK
+    )  # buffers and buckets only; capturing needs CUDA
     target = graphs.buffers
     builder = InputBuilder(torch.device("cpu"), BLOCK)
     items = random_batch(rng, 11, decode=True)
@@ -91,8 +92,9 @@ def test_graph_padding_layout() -> None:
     assert captured["positions"].tolist()[:11] == ref["positions"]
     assert captured["slot_mapping"].tolist() == ref["slot_mapping"] + [-1] * 5
     assert captured["context_lens"].tolist() == ref["context_lens"] + [0] * 5
-    assert captured["block_tables"][:11].tolist() == [s.block_table + [-1] * (width - len(s.block_table))
-                                                      for s, _ in items]
+    assert captured["block_tables"][:11].tolist() == [
+        s.block_table + [-1] * (width - len(s.block_table)) for s, _ in items
+    ]
     assert built.tensors["sample_rows"].tolist() == list(range(11))
     # A sequence of exactly max_model_len tokens fits the graph's block table; prefill steps never use graphs.
     assert -(-max_model_len // BLOCK) <= width

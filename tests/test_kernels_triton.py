@@ -1,4 +1,5 @@
 """Triton kernels vs the torch reference on CPU through the Triton interpreter, at tiny shapes."""
+
 from __future__ import annotations
 
 import os
@@ -11,15 +12,14 @@ import torch
 
 pytest.importorskip("triton", reason="Triton is not installed; the Triton kernels cannot be tested")
 
-from kernels import torch_ref, triton_decode, triton_prefill  # noqa: E402
-from kernels.backend import TorchBackend  # noqa: E402
-from kernels.metadata import AttentionMetadata  # noqa: E402
-from kernels.triton_backend import TritonBackend  # noqa: E402
-from kernels.triton_store_kv import store_kvcache  # noqa: E402
+from nanovllm_tui.kernels import torch_ref, triton_decode, triton_prefill
+from nanovllm_tui.kernels.backend import TorchBackend
+from nanovllm_tui.kernels.metadata import AttentionMetadata
+from nanovllm_tui.kernels.triton_backend import TritonBackend
+from nanovllm_tui.kernels.triton_store_kv import store_kvcache
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("these tests run Triton kernels on CPU tensors and need TRITON_INTERPRET=1",
-                allow_module_level=True)
+    pytest.skip("these tests run Triton kernels on CPU tensors and need TRITON_INTERPRET=1", allow_module_level=True)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -27,8 +27,14 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp(min=1e-12))
 
 
-def paged_cache(context_lens: list[int], block_size: int, num_kv_heads: int, head_dim: int,
-                extra_cols: int = 1, gen: torch.Generator | None = None):
+def paged_cache(
+    context_lens: list[int],
+    block_size: int,
+    num_kv_heads: int,
+    head_dim: int,
+    extra_cols: int = 1,
+    gen: torch.Generator | None = None,
+):
     """Random caches with shuffled block tables padded with -1; stale slots and spare blocks are NaN."""
     need = [(c + block_size - 1) // block_size for c in context_lens]
     num_blocks = sum(need) + 3
@@ -39,7 +45,7 @@ def paged_cache(context_lens: list[int], block_size: int, num_kv_heads: int, hea
     tables = torch.full((len(context_lens), max(need, default=0) + extra_cols), -1, dtype=torch.int32)
     used = 0
     for b, (ctx, n) in enumerate(zip(context_lens, need)):
-        tables[b, :n] = perm[used:used + n].to(torch.int32)
+        tables[b, :n] = perm[used : used + n].to(torch.int32)
         used += n
         slots = tables[b, :n].long()[:, None] * block_size + torch.arange(block_size)
         slots = slots.flatten()[:ctx]
@@ -63,7 +69,7 @@ def test_store_kvcache_matches_reference_and_skips_padded_slots(block_size: int,
     num_kv_heads, head_dim, num_tokens = 2, 32, 7
     # Keys/values as strided views of a fused qkv tensor, the way attention layers hand them over.
     qkv = torch.randn(num_tokens, 4 + 2 * num_kv_heads, head_dim, generator=gen)
-    key, value = qkv[:, 4:4 + num_kv_heads], qkv[:, 4 + num_kv_heads:]
+    key, value = qkv[:, 4 : 4 + num_kv_heads], qkv[:, 4 + num_kv_heads :]
     slots = torch.tensor([0, 5, -1, block_size + 3, 3 * block_size - 1, -1, 2 * block_size], dtype=torch.int64)
     k_cache = torch.randn(3, block_size, num_kv_heads, head_dim, generator=gen)
     v_cache = torch.randn(3, block_size, num_kv_heads, head_dim, generator=gen)
@@ -87,7 +93,7 @@ def test_prefill_mixed_batch_with_prefix_and_single_token_rows(block_size, head_
     cu = torch.nn.functional.pad(q_lens.cumsum(0), (1, 0)).to(torch.int32)
     q = torch.randn(int(cu[-1]), num_kv_heads * group, head_dim, generator=gen)
     ctx = torch.tensor(context_lens, dtype=torch.int32)
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     out = triton_prefill.paged_prefill_attention(q, k_cache, v_cache, cu, ctx, tables, scale, int(q_lens.max()))
     ref = torch_ref.paged_prefill_attention(q.double(), clean(k_cache), clean(v_cache), cu, ctx, tables, scale)
     assert out.dtype == q.dtype
@@ -115,9 +121,10 @@ def test_decode_very_different_lengths(block_size, head_dim, num_kv_heads, group
     k_cache, v_cache, tables = paged_cache(context_lens, block_size, num_kv_heads, head_dim, extra_cols=2, gen=gen)
     q = torch.randn(len(context_lens), num_kv_heads * group, head_dim, generator=gen)
     ctx = torch.tensor(context_lens, dtype=torch.int32)
-    scale = head_dim ** -0.5
-    out = triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, scale, num_splits=num_splits,
-                                               min_split_tokens=min_split)
+    scale = head_dim**-0.5
+    out = triton_decode.paged_decode_attention(
+        q, k_cache, v_cache, ctx, tables, scale, num_splits=num_splits, min_split_tokens=min_split
+    )
     ref = torch_ref.paged_decode_attention(q.double(), clean(k_cache), clean(v_cache), ctx, tables, scale)
     assert out.dtype == q.dtype
     assert rel_err(out, ref) < 1e-5
@@ -130,12 +137,14 @@ def test_decode_padded_rows_give_zeros_not_nan(gen, monkeypatch) -> None:
     q = torch.randn(4, 4, 16, generator=gen)
     ctx = torch.tensor([40, 0, 23, 0], dtype=torch.int32)
     for splits, min_split in ((1, 256), (4, 256), (4, 32)):
-        out = triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, 0.25, num_splits=splits,
-                                                   min_split_tokens=min_split)
+        out = triton_decode.paged_decode_attention(
+            q, k_cache, v_cache, ctx, tables, 0.25, num_splits=splits, min_split_tokens=min_split
+        )
         assert torch.equal(out[[1, 3]], torch.zeros_like(out[[1, 3]]))
         real = torch.tensor([0, 2])
-        ref = torch_ref.paged_decode_attention(q[real].double(), clean(k_cache), clean(v_cache), ctx[real],
-                                               tables[real], 0.25)
+        ref = torch_ref.paged_decode_attention(
+            q[real].double(), clean(k_cache), clean(v_cache), ctx[real], tables[real], 0.25
+        )
         assert rel_err(out[real], ref) < 1e-5
 
 
@@ -148,8 +157,9 @@ def test_decode_row_limit_with_splits(gen) -> None:
     ctx = torch.tensor(context_lens, dtype=torch.int32)
     out = torch.full_like(q, 7.0)
     limit = torch.tensor([3], dtype=torch.int32)
-    triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, 0.2, num_splits=3, out=out,
-                                         row_limit=limit, min_split_tokens=16)
+    triton_decode.paged_decode_attention(
+        q, k_cache, v_cache, ctx, tables, 0.2, num_splits=3, out=out, row_limit=limit, min_split_tokens=16
+    )
     ref = torch_ref.paged_decode_attention(q[:3].double(), clean(k_cache), clean(v_cache), ctx[:3], tables[:3], 0.2)
     assert rel_err(out[:3], ref) < 1e-5
     assert torch.equal(out[3:], torch.full_like(out[3:], 7.0))
@@ -185,15 +195,21 @@ def test_backend_matches_torch_backend(gen) -> None:
     assert torch.equal(caches[0][0], caches[1][0]) and torch.equal(caches[0][1], caches[1][1])
     kc, vc = caches[1]
 
-    meta = AttentionMetadata(slot_mapping=slots, context_lens=torch.tensor([21, 40], dtype=torch.int32),
-                             block_tables=tables, cu_seqlens_q=torch.tensor([0, 3, 9], dtype=torch.int32),
-                             max_seqlen_q=6, max_seqlen_k=40)
+    meta = AttentionMetadata(
+        slot_mapping=slots,
+        context_lens=torch.tensor([21, 40], dtype=torch.int32),
+        block_tables=tables,
+        cu_seqlens_q=torch.tensor([0, 3, 9], dtype=torch.int32),
+        max_seqlen_q=6,
+        max_seqlen_k=40,
+    )
     q = torch.randn(9, 4, head_dim, generator=gen)
     ref = torch_backend.forward(q, kc, vc, meta, 0.1)
     assert rel_err(triton_backend.forward(q, kc, vc, meta, 0.1), ref) < 1e-5
 
-    meta = AttentionMetadata(slot_mapping=slots[:2], context_lens=meta.context_lens, block_tables=tables,
-                             is_decode=True)
+    meta = AttentionMetadata(
+        slot_mapping=slots[:2], context_lens=meta.context_lens, block_tables=tables, is_decode=True
+    )
     q = torch.randn(2, 4, head_dim, generator=gen)
     ref = torch_backend.forward(q, kc, vc, meta, 0.1)
     assert rel_err(triton_backend.forward(q, kc, vc, meta, 0.1), ref) < 1e-5
@@ -203,8 +219,9 @@ def _mixed_items(rng, num_decode: int, num_prefill: int, block_size: int, num_bl
     """Decode rows (one token, sampled) and prefill chunks (some after a cached prefix), shuffled."""
     import random as _random
 
-    from engine.sampling_params import SamplingParams
-    from engine.sequence import Sequence
+    from nanovllm_tui.engine.sampling_params import SamplingParams
+    from nanovllm_tui.engine.scheduling.sequence import Sequence
+
     free = list(range(num_blocks))
     rng.shuffle(free)
     items = []
@@ -226,15 +243,22 @@ def test_mixed_batch_in_graph_layout_matches_reference(seed: int) -> None:
     eager mixed path (decode rows to the decode kernel, the rest to the prefill kernel)."""
     import random
 
-    from engine.cuda_graph import CUDAGraphRunner
-    from engine.input_builder import InputBuilder
-    from engine.model_runner import _decodes_first
+    from nanovllm_tui.engine.execution.cuda_graph import CUDAGraphRunner
+    from nanovllm_tui.engine.execution.input_builder import InputBuilder
+    from nanovllm_tui.engine.execution.model_runner import _decodes_first
+
     rng = random.Random(seed)
     block_size, kv_heads, heads, head_dim, num_blocks = 16, 2, 4, 16, 64
     items = _decodes_first(_mixed_items(rng, rng.randint(1, 4), rng.randint(1, 3), block_size, num_blocks))
     num_tokens = sum(n for _, n in items)
-    graphs = CUDAGraphRunner(forward=None, device=torch.device("cpu"), max_num_seqs=10, max_model_len=80,
-                             block_size=block_size, max_num_batched_tokens=64)
+    graphs = CUDAGraphRunner(
+        forward=None,
+        device=torch.device("cpu"),
+        max_num_seqs=10,
+        max_model_len=80,
+        block_size=block_size,
+        max_num_batched_tokens=64,
+    )
     built = InputBuilder(torch.device("cpu"), block_size).build(items, graphs)
     assert built.graph_tokens == 64 and built.num_decode_rows == sum(n == 1 for _, n in items)
     gen = torch.Generator().manual_seed(seed)
@@ -247,10 +271,15 @@ def test_mixed_batch_in_graph_layout_matches_reference(seed: int) -> None:
 
     eager = InputBuilder(torch.device("cpu"), block_size).build(items)
     t = eager.tensors
-    meta = AttentionMetadata(slot_mapping=t["slot_mapping"], context_lens=t["context_lens"],
-                             block_tables=t["block_tables"], cu_seqlens_q=t["cu_seqlens_q"],
-                             max_seqlen_q=eager.max_seqlen_q, max_seqlen_k=eager.max_seqlen_k,
-                             num_decode_rows=eager.num_decode_rows)
+    meta = AttentionMetadata(
+        slot_mapping=t["slot_mapping"],
+        context_lens=t["context_lens"],
+        block_tables=t["block_tables"],
+        cu_seqlens_q=t["cu_seqlens_q"],
+        max_seqlen_q=eager.max_seqlen_q,
+        max_seqlen_k=eager.max_seqlen_k,
+        num_decode_rows=eager.num_decode_rows,
+    )
     ref = TorchBackend().forward(q[:num_tokens].double(), k_cache.double(), v_cache.double(), meta, 0.25)
     assert rel_err(out_graph, ref) < 1e-5
     assert rel_err(TritonBackend().forward(q[:num_tokens], k_cache, v_cache, meta, 0.25), ref) < 1e-5

@@ -1,11 +1,11 @@
 """Broken model directories through `python -m nanovllm_tui.cli --model DIR`: truncated safetensors,
 wrong dtypes, mismatched shapes, a missing or broken tokenizer. Each ends before any UI with one
 stderr line naming the problem, exit status 2 and no traceback."""
+
 from __future__ import annotations
 
 import pytest
 from safetensors.torch import load_file, save_file
-
 from test_cli import assert_one_line_error, copy_model, run_cli
 
 WEIGHTS = "model.safetensors"
@@ -21,7 +21,7 @@ def _rewrite(model, edit) -> None:
 def test_truncated_safetensors(tmp_path, tiny_qwen3_gqa_dir, keep):
     model = copy_model(tiny_qwen3_gqa_dir, tmp_path / "m")
     data = (model / WEIGHTS).read_bytes()
-    (model / WEIGHTS).write_bytes(data[:max(8, int(len(data) * keep))])
+    (model / WEIGHTS).write_bytes(data[: max(8, int(len(data) * keep))])
     assert_one_line_error(run_cli("--model", str(model), "--device", "cpu"), "truncated", WEIGHTS)
 
 
@@ -44,7 +44,7 @@ def test_unsupported_dtype_flag(tiny_qwen3_gqa_dir):
 
 
 def test_unsupported_dtype_through_the_api(tiny_qwen3_gqa_dir):
-    from engine import LLM
+    from nanovllm_tui.engine import LLM
 
     with pytest.raises(ValueError, match="dtype 'int8' is not supported; use float32, bfloat16 or float16"):
         LLM(str(tiny_qwen3_gqa_dir), dtype="int8", kvcache_block_size=16, num_kvcache_blocks=8)

@@ -1,13 +1,14 @@
 """Pipelined decoding (async_scheduling): the next decode step is launched before the current one's tokens are
 back. On CPU the forward is synchronous, so these tests force it on and check it changes nothing but timing."""
+
 from __future__ import annotations
 
 import time
 
 import pytest
-
-from engine import LLM, SamplingParams
 from engine_helpers import check_clean, mixed_prompts
+
+from nanovllm_tui.engine import LLM, SamplingParams
 
 KW = dict(kvcache_block_size=16, max_model_len=256, num_kvcache_blocks=160, max_num_seqs=8)
 
@@ -38,8 +39,9 @@ def test_pipelined_greedy_equals_synchronous(tiny_qwen3_gqa_dir) -> None:
     params = [SamplingParams(temperature=0, max_tokens=8 + 5 * (i % 7), ignore_eos=True) for i in range(len(prompts))]
     _, ref, _, _ = _run(tiny_qwen3_gqa_dir, False, prompts, params)
     stop = ref[2][3]  # a token request 2 produces: with it as a stop token, that request ends early
-    params = [SamplingParams(temperature=0, max_tokens=sp.max_tokens, ignore_eos=True, stop_token_ids=[stop])
-              for sp in params]
+    params = [
+        SamplingParams(temperature=0, max_tokens=sp.max_tokens, ignore_eos=True, stop_token_ids=[stop]) for sp in params
+    ]
     _, want, want_reasons, sync_launches = _run(tiny_qwen3_gqa_dir, False, prompts, params)
     llm, got, reasons, launches = _run(tiny_qwen3_gqa_dir, True, prompts, params)
     assert got == want and reasons == want_reasons
@@ -103,7 +105,7 @@ def test_pipelined_with_preemption(tiny_qwen3_gqa_dir, policy: str) -> None:
 def test_service_streams_with_pipelined_steps(tiny_qwen3_gqa_dir) -> None:
     """Through EngineService (the app's path): streamed deltas add up to the synchronous engine's tokens, an
     abort mid-stream frees its blocks, and the step-stats history has no step twice."""
-    from engine.service import EngineService
+    from nanovllm_tui.engine.serving.thread_service import EngineService
 
     prompts = mixed_prompts(13)[:5]
     sp = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)

@@ -1,5 +1,6 @@
 """ProcessEngineService on CPU with a real engine process: same outputs as EngineService, streaming, abort,
 stats, validation, start-up errors, a killed engine, shutdown and a dead parent, tensor parallelism."""
+
 from __future__ import annotations
 
 import os
@@ -11,12 +12,12 @@ import time
 
 import psutil
 import pytest
-
-from engine import LLM, SamplingParams
-from engine.loader import ModelLoadError
-from engine.process_service import ProcessEngineService
-from engine.service import EngineService
 from test_cli import ROOT, copy_model, edit_config
+
+from nanovllm_tui.engine import LLM, SamplingParams
+from nanovllm_tui.engine.execution.loader import ModelLoadError
+from nanovllm_tui.engine.serving.process_service import ProcessEngineService
+from nanovllm_tui.engine.serving.thread_service import EngineService
 
 OPTIONS = dict(device="cpu", kvcache_block_size=16, max_model_len=256, num_kvcache_blocks=96)
 
@@ -30,8 +31,11 @@ def psvc(tiny_qwen3_gqa_dir):
 
 
 def live_children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
+    return {
+        p.pid
+        for p in psutil.Process().children(recursive=True)
+        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    }
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:
@@ -44,8 +48,10 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
 
 
 def test_greedy_output_equals_engine_service(psvc, tiny_qwen3_gqa_dir):
-    requests = [("The capital of France is", SamplingParams(temperature=0, max_tokens=12)),
-                ([{"role": "user", "content": "Say hi"}], SamplingParams(temperature=0, max_tokens=9, ignore_eos=True))]
+    requests = [
+        ("The capital of France is", SamplingParams(temperature=0, max_tokens=12)),
+        ([{"role": "user", "content": "Say hi"}], SamplingParams(temperature=0, max_tokens=9, ignore_eos=True)),
+    ]
     with EngineService(LLM(str(tiny_qwen3_gqa_dir), **OPTIONS)) as local:
         expected = [local.submit(p, sp).result(timeout=60) for p, sp in requests]
     handles = [psvc.submit(p, sp) for p, sp in requests]
@@ -85,7 +91,8 @@ def test_abort_frees_blocks_and_ids_are_reusable(psvc):
 
 
 def test_engine_process_uses_the_serving_defaults(psvc):
-    from engine.config import SERVING_MIXED_PREFILL_TOKENS
+    from nanovllm_tui.engine.config import SERVING_MIXED_PREFILL_TOKENS
+
     assert "mixed_prefill_tokens" not in OPTIONS
     assert psvc.engine.config.mixed_prefill_tokens == SERVING_MIXED_PREFILL_TOKENS
 
@@ -107,7 +114,7 @@ def test_step_stats_policy_switch_and_block_map(psvc):
         assert len(steps[-1].block_map.states) == steps[-1].num_blocks_total == 96
         assert sum(s.num_decode_tokens for s in steps) == 3 and sum(s.num_prefill_tokens for s in steps) > 0
         assert psvc.stats_history(since_step=steps[-1].step) == []
-        assert wait_for(lambda: [s.step for s in seen][-len(steps):] == [s.step for s in steps])
+        assert wait_for(lambda: [s.step for s in seen][-len(steps) :] == [s.step for s in steps])
         assert psvc.stats().num_steps == steps[-1].step
     finally:
         unsubscribe()
@@ -117,8 +124,9 @@ def test_step_stats_policy_switch_and_block_map(psvc):
 
 def test_reasoning_is_split_in_the_caller_process(psvc):
     # The prompt ends inside <think>: everything the (random) model writes is reasoning until a </think>.
-    h = psvc.submit("Question: 2+2?\n<think>\n", SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
-                    split_reasoning=True)
+    h = psvc.submit(
+        "Question: 2+2?\n<think>\n", SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), split_reasoning=True
+    )
     out = h.result(timeout=30)
     assert out.reasoning and out.text == "" and "</think>" not in out.reasoning
     assert out.reasoning == psvc.engine.tokenizer.decode(out.token_ids, skip_special_tokens=True)
@@ -126,12 +134,14 @@ def test_reasoning_is_split_in_the_caller_process(psvc):
 
 def test_bad_requests_raise_one_line_errors_and_serving_goes_on(psvc):
     vocab = psvc.engine.config.hf_config.vocab_size
-    cases = [("", SamplingParams(), "prompt is empty"),
-             ("hello", SamplingParams(max_tokens=300), "exceeds max_model_len=256"),
-             ([{"content": "no role"}], SamplingParams(), "role"),
-             ([1, vocab], SamplingParams(), "token ids must be integers"),
-             (42, SamplingParams(), "prompt must be"),
-             ("hello", {"max_tokens": 3}, "SamplingParams")]
+    cases = [
+        ("", SamplingParams(), "prompt is empty"),
+        ("hello", SamplingParams(max_tokens=300), "exceeds max_model_len=256"),
+        ([{"content": "no role"}], SamplingParams(), "role"),
+        ([1, vocab], SamplingParams(), "token ids must be integers"),
+        (42, SamplingParams(), "prompt must be"),
+        ("hello", {"max_tokens": 3}, "SamplingParams"),
+    ]
     for prompt, sp, needle in cases:
         with pytest.raises(ValueError, match=needle) as info:
             psvc.submit(prompt, sp)
@@ -225,16 +235,21 @@ def test_shutdown_ends_requests_and_leaves_no_process(tiny_qwen3_gqa_dir):
 def test_engine_process_exits_when_its_parent_dies(tiny_qwen3_gqa_dir):
     script = textwrap.dedent(f"""
         import sys, time
-        from engine import SamplingParams
-        from engine.process_service import ProcessEngineService
+        from nanovllm_tui.engine import SamplingParams
+        from nanovllm_tui.engine.serving.process_service import ProcessEngineService
         if __name__ == "__main__":
             svc = ProcessEngineService({str(tiny_qwen3_gqa_dir)!r}, torch_threads=1, **{OPTIONS!r})
             svc.submit("busy", SamplingParams(max_tokens=250, ignore_eos=True))
             print(svc.pid, flush=True)
             time.sleep(600)
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         child = psutil.Process(int(parent.stdout.readline()))
         parent.kill()

@@ -1,8 +1,9 @@
-"""Fused qkv prep (q/k RMSNorm + rotary + K/V store, kernels/triton_qkv.py) vs the unfused eager ops, on CPU.
+"""Fused qkv prep (q/k RMSNorm + rotary + K/V store, nanovllm_tui/kernels/triton_qkv.py) vs the unfused eager ops, on CPU.
 
-The kernel runs under the Triton interpreter; the reference is the layers' own eager code (kernels/qkv_ref.py),
+The kernel runs under the Triton interpreter; the reference is the layers' own eager code (nanovllm_tui/kernels/qkv_ref.py),
 so "equal" here means the fused path rounds exactly where the unfused one does.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,25 +11,24 @@ import os
 # The interpreter is chosen when kernels are decorated, so this must precede any Triton import.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from types import SimpleNamespace  # noqa: E402
+from types import SimpleNamespace
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton", reason="Triton is not installed; the Triton kernels cannot be tested")
 
-from kernels import qkv_ref  # noqa: E402
-from kernels.backend import TorchBackend  # noqa: E402
-from kernels.metadata import AttentionMetadata  # noqa: E402
-from kernels.triton_backend import TritonBackend  # noqa: E402
-from kernels.triton_qkv import qk_norm_rope_store  # noqa: E402
-from layers.rotary_embedding import RotaryEmbedding  # noqa: E402
-from models.llama import LlamaAttention  # noqa: E402
-from models.qwen3 import Qwen3Attention  # noqa: E402
+from nanovllm_tui.kernels import qkv_ref
+from nanovllm_tui.kernels.backend import TorchBackend
+from nanovllm_tui.kernels.metadata import AttentionMetadata
+from nanovllm_tui.kernels.triton_backend import TritonBackend
+from nanovllm_tui.kernels.triton_qkv import qk_norm_rope_store
+from nanovllm_tui.layers.rotary_embedding import RotaryEmbedding
+from nanovllm_tui.models.llama import LlamaAttention
+from nanovllm_tui.models.qwen3 import Qwen3Attention
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("these tests run Triton kernels on CPU tensors and need TRITON_INTERPRET=1",
-                allow_module_level=True)
+    pytest.skip("these tests run Triton kernels on CPU tensors and need TRITON_INTERPRET=1", allow_module_level=True)
 
 
 def ulp_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,7 @@ def make_inputs(dtype, head_dim, num_kv_heads, group, num_tokens=9, block_size=4
     num_heads = num_kv_heads * group
     width = (num_heads + 2 * num_kv_heads) * head_dim
     buf = (torch.randn(num_tokens, width + 24, generator=gen) * 2).to(dtype)
-    qkv = buf[:, 5:5 + width]  # row stride width + 24: not a contiguous [N, width] tensor
+    qkv = buf[:, 5 : 5 + width]  # row stride width + 24: not a contiguous [N, width] tensor
     rope = RotaryEmbedding(head_dim, 512, 10000.0)
     # Non-contiguous positions (every other entry of a buffer), in random order.
     positions = torch.randint(0, 512, (2 * num_tokens,), generator=gen)[::2]
@@ -81,8 +81,9 @@ def test_fused_matches_unfused_reference(dtype, qk_norm, head_dim, num_kv_heads,
         qw = kw = None
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
     before = k_cache.clone(), v_cache.clone()
-    q_ref = qkv_ref.qk_norm_rope_store(qkv, positions, rope.cos_cached, rope.sin_cached, qw, kw, 1e-6,
-                                       k_ref, v_ref, slots)
+    q_ref = qkv_ref.qk_norm_rope_store(
+        qkv, positions, rope.cos_cached, rope.sin_cached, qw, kw, 1e-6, k_ref, v_ref, slots
+    )
     q = qk_norm_rope_store(qkv, positions, rope.cos_cached, rope.sin_cached, qw, kw, 1e-6, k_cache, v_cache, slots)
     assert q.shape == (qkv.shape[0], num_kv_heads * group, head_dim) and q.is_contiguous()
     differ = check_close(q, q_ref, "q") + check_close(k_cache, k_ref, "k_cache")
@@ -102,8 +103,9 @@ def test_head_dim_128_bf16_bit_exact() -> None:
     """The Qwen3 shape (D=128, group 2): no element may differ at all in bf16."""
     qkv, positions, rope, slots, (k_cache, v_cache), (qw, kw) = make_inputs(torch.bfloat16, 128, 2, 2, seed=3)
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
-    q_ref = qkv_ref.qk_norm_rope_store(qkv, positions, rope.cos_cached, rope.sin_cached, qw, kw, 1e-6,
-                                       k_ref, v_ref, slots)
+    q_ref = qkv_ref.qk_norm_rope_store(
+        qkv, positions, rope.cos_cached, rope.sin_cached, qw, kw, 1e-6, k_ref, v_ref, slots
+    )
     q = qk_norm_rope_store(qkv, positions, rope.cos_cached, rope.sin_cached, qw, kw, 1e-6, k_cache, v_cache, slots)
     assert torch.equal(q, q_ref) and torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
 
@@ -125,6 +127,7 @@ def test_bad_inputs_raise_value_error() -> None:
 
 # -- layer level: LlamaAttention / Qwen3Attention with the Triton backend attached ------------------------------
 
+
 class UnfusedTritonBackend(TritonBackend):
     """Triton attention with the layers' own norm/rotary/store: isolates the fused prep from the attention kernels."""
 
@@ -132,8 +135,15 @@ class UnfusedTritonBackend(TritonBackend):
 
 
 def make_layer(cls, dtype, seed=0):
-    config = SimpleNamespace(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                             max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-6)
+    config = SimpleNamespace(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+    )
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # as the model runner builds models: cos/sin tables stay fp32
     try:
@@ -164,15 +174,23 @@ def layer_steps(gen):
     lens = [7, 20]
     pos = torch.cat([torch.arange(n) for n in lens])
     slots = torch.cat([tables[b, torch.arange(n) // 16].long() * 16 + torch.arange(n) % 16 for b, n in enumerate(lens)])
-    prefill = AttentionMetadata(slot_mapping=slots, context_lens=torch.tensor(lens, dtype=torch.int32),
-                                block_tables=tables, cu_seqlens_q=torch.tensor([0, 7, 27], dtype=torch.int32),
-                                max_seqlen_q=20, max_seqlen_k=20)
+    prefill = AttentionMetadata(
+        slot_mapping=slots,
+        context_lens=torch.tensor(lens, dtype=torch.int32),
+        block_tables=tables,
+        cu_seqlens_q=torch.tensor([0, 7, 27], dtype=torch.int32),
+        max_seqlen_q=20,
+        max_seqlen_k=20,
+    )
     dpos = torch.tensor(lens)
-    decode = AttentionMetadata(slot_mapping=torch.stack([tables[b, p // 16].long() * 16 + p % 16
-                                                         for b, p in enumerate(dpos)]),
-                               context_lens=torch.tensor([8, 21], dtype=torch.int32), block_tables=tables,
-                               cu_seqlens_q=torch.tensor([0, 1, 2], dtype=torch.int32), max_seqlen_k=21,
-                               is_decode=True)
+    decode = AttentionMetadata(
+        slot_mapping=torch.stack([tables[b, p // 16].long() * 16 + p % 16 for b, p in enumerate(dpos)]),
+        context_lens=torch.tensor([8, 21], dtype=torch.int32),
+        block_tables=tables,
+        cu_seqlens_q=torch.tensor([0, 1, 2], dtype=torch.int32),
+        max_seqlen_k=21,
+        is_decode=True,
+    )
     return [(torch.randn(27, 64, generator=gen), pos, prefill), (torch.randn(2, 64, generator=gen), dpos, decode)]
 
 
@@ -217,10 +235,12 @@ def test_layer_without_cache_runs_unfused() -> None:
 
 # -- engine level: a tiny Qwen3 through the whole engine, Triton backend (interpreted) vs torch backend ----------
 
+
 def test_engine_triton_backend_greedy_matches_torch(tiny_qwen3_gqa_dir, monkeypatch) -> None:
-    import engine.model_runner as model_runner
-    from engine import LLM, SamplingParams
     from engine_helpers import check_clean, mixed_prompts
+
+    import nanovllm_tui.engine.execution.model_runner as model_runner
+    from nanovllm_tui.engine import LLM, SamplingParams
 
     prompts = [p for p in mixed_prompts() if len(p) <= 20] + [mixed_prompts()[-1]]  # short ones + a prefix hit
     params = SamplingParams(temperature=0, max_tokens=6)

@@ -1,24 +1,33 @@
 """ModelRunner.sample: greediness decided on the host, non-finite logits flagged with -1 on both sampling paths."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from benchmarks.random_model import make_random_model
-from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence
-from layers.sampler import Sampler
+from nanovllm_tui.engine.llm_engine import LLMEngine
+from nanovllm_tui.engine.sampling_params import SamplingParams
+from nanovllm_tui.engine.scheduling.sequence import Sequence
+from nanovllm_tui.layers.sampler import Sampler
 
-TINY = dict(num_hidden_layers=1, hidden_size=64, intermediate_size=64, num_attention_heads=2,
-            num_key_value_heads=1, head_dim=32, vocab_size=300)
+TINY = dict(
+    num_hidden_layers=1,
+    hidden_size=64,
+    intermediate_size=64,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    vocab_size=300,
+)
 
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
     model_dir = make_random_model(tmp_path_factory.mktemp("tiny-runner"), **TINY)
-    return LLMEngine(str(model_dir), device="cpu", kvcache_block_size=16, max_model_len=64,
-                     num_kvcache_blocks=8).model_runner
+    return LLMEngine(
+        str(model_dir), device="cpu", kvcache_block_size=16, max_model_len=64, num_kvcache_blocks=8
+    ).model_runner
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
@@ -48,8 +57,9 @@ def test_sampler_with_seeds_flags_non_finite_rows_on_the_torch_path(temperature:
     temps = torch.full((3,), temperature)
     seeds = torch.arange(3, dtype=torch.int64)
     plain = Sampler()(logits, temps, None, None, _generators(3), all_greedy=temperature == 0)
-    flagged = Sampler()(logits, temps, None, None, _generators(3), all_greedy=temperature == 0, seeds=seeds,
-                        offsets=seeds)
+    flagged = Sampler()(
+        logits, temps, None, None, _generators(3), all_greedy=temperature == 0, seeds=seeds, offsets=seeds
+    )
     assert flagged.tolist() == [int(plain[0]), -1, int(plain[2])]
 
 

@@ -1,4 +1,5 @@
 """The fused Triton sampler vs its torch reference on CPU through the Triton interpreter, at tiny shapes."""
+
 from __future__ import annotations
 
 import math
@@ -12,12 +13,11 @@ import torch
 
 pytest.importorskip("triton", reason="Triton is not installed; the fused sampler cannot be tested")
 
-from kernels.sample_ref import sample_reference  # noqa: E402
-from kernels.triton_sample import NOISE_TILE, sample  # noqa: E402
+from nanovllm_tui.kernels.sample_ref import sample_reference
+from nanovllm_tui.kernels.triton_sample import NOISE_TILE, sample
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("these tests run Triton kernels on CPU tensors and need TRITON_INTERPRET=1",
-                allow_module_level=True)
+    pytest.skip("these tests run Triton kernels on CPU tensors and need TRITON_INTERPRET=1", allow_module_level=True)
 
 VOCAB = 2 * NOISE_TILE + 300  # three tiles, the last one partial
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -118,8 +118,9 @@ def test_seeded_row_is_batch_independent(gen) -> None:
     seeds[2], offsets[2] = seed, offset
     for num_splits in (1, 3):
         noise = torch.zeros(4, VOCAB)
-        tokens = sample(logits, torch.tensor([0.0, 1.2, 0.9, 0.3]), seeds, offsets, num_splits=num_splits,
-                        noise_out=noise)
+        tokens = sample(
+            logits, torch.tensor([0.0, 1.2, 0.9, 0.3]), seeds, offsets, num_splits=num_splits, noise_out=noise
+        )
         assert int(tokens[2]) == int(token[0])
         assert torch.equal(noise[2], alone[0])
 
@@ -136,7 +137,7 @@ def test_noise_is_standard_gumbel() -> None:
     assert ks < 1.95 / math.sqrt(n)  # Kolmogorov-Smirnov at p = 0.001
     assert g.unique().numel() > 0.99 * n  # no tile or quarter repeats another's noise
     assert abs(float(g.mean()) - 0.5772) < 0.05  # Euler's gamma
-    assert abs(float(g.var()) - math.pi ** 2 / 6) < 0.15
+    assert abs(float(g.var()) - math.pi**2 / 6) < 0.15
 
 
 def test_sampled_frequencies_match_softmax() -> None:

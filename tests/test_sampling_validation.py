@@ -1,10 +1,11 @@
 """Sampling (seeded reproducibility, top-k=1 == greedy, stop conditions) and request validation."""
+
 from __future__ import annotations
 
 import pytest
-
-from engine import LLM, SamplingParams
 from engine_helpers import check_clean
+
+from nanovllm_tui.engine import LLM, SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +20,11 @@ def test_seeded_runs_reproduce_across_batch_mixes(llm):
     sp = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, max_tokens=16, seed=1234)
     alone = llm.generate([PROMPT], sp, use_tqdm=False)[0]["token_ids"]
     others = [[11 * i + 3 for i in range(n)] for n in (3, 20, 9)]
-    mixed = llm.generate(others[:1] + [PROMPT] + others[1:],
-                         [SamplingParams(temperature=1.0, max_tokens=16)] + [sp] +
-                         [SamplingParams(temperature=0.7, max_tokens=16)] * 2, use_tqdm=False)
+    mixed = llm.generate(
+        others[:1] + [PROMPT] + others[1:],
+        [SamplingParams(temperature=1.0, max_tokens=16)] + [sp] + [SamplingParams(temperature=0.7, max_tokens=16)] * 2,
+        use_tqdm=False,
+    )
     assert mixed[1]["token_ids"] == alone
     # And a different seed gives a different sample (with overwhelming probability at temperature 1).
     other = llm.generate([PROMPT], SamplingParams(temperature=1.0, max_tokens=16, seed=99), use_tqdm=False)
@@ -40,29 +43,33 @@ def test_stop_token_ids_and_max_tokens(llm):
     assert greedy["finish_reason"] == "length" and len(greedy["token_ids"]) == 12
     stop_at = greedy["token_ids"][4]
     first = greedy["token_ids"].index(stop_at)
-    out = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[stop_at]),
-                       use_tqdm=False)[0]
-    assert out["finish_reason"] == "stop" and out["token_ids"] == greedy["token_ids"][:first + 1]
+    out = llm.generate(
+        [PROMPT], SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[stop_at]), use_tqdm=False
+    )[0]
+    assert out["finish_reason"] == "stop" and out["token_ids"] == greedy["token_ids"][: first + 1]
 
 
 def test_stop_string_is_trimmed(llm):
     greedy = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=12), use_tqdm=False)[0]
     text = llm.tokenizer.decode(greedy["token_ids"], skip_special_tokens=True)
-    stop = text[len(text) // 2: len(text) // 2 + 3]
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
     out = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=12, stop=[stop]), use_tqdm=False)[0]
     assert out["finish_reason"] == "stop"
     assert out["text"] == text[: text.index(stop)]
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(temperature=-1), "temperature"),
-    (dict(temperature=float("nan")), "temperature"),
-    (dict(top_p=0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(top_k=0), "top_k"),
-    (dict(max_tokens=0), "max_tokens"),
-    (dict(seed=1.5), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(temperature=-1), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_p=0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=0), "top_k"),
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(seed=1.5), "seed"),
+    ],
+)
 def test_bad_sampling_values_raise(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         SamplingParams(**kwargs)

@@ -1,4 +1,5 @@
 """EngineService on CPU with real engines: streaming, abort, UTF-8 and stop strings, errors, idle CPU, chat turns."""
+
 from __future__ import annotations
 
 import pathlib
@@ -10,10 +11,10 @@ import psutil
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
-from engine.chat import render_chat
-from engine.reasoning import ReasoningSplitter
-from engine.service import EngineService
+from nanovllm_tui.engine import LLM, SamplingParams
+from nanovllm_tui.engine.serving.thread_service import EngineService
+from nanovllm_tui.engine.text.chat import render_chat
+from nanovllm_tui.engine.text.reasoning import ReasoningSplitter
 from tests.conftest import TINY_CONFIGS, make_tiny_qwen3
 
 FINISH_REASONS = {"stop", "length", "abort", "error"}
@@ -110,8 +111,7 @@ def test_second_chat_turn_hits_prefix_cache(smol):
         full_block_tokens = h1.metrics.num_prompt_tokens // 16 * 16
         assert full_block_tokens >= 32
         hits_before = svc.stats().prefix_cache_hits
-        turn2 = turn1 + [{"role": "assistant", "content": first.text},
-                         {"role": "user", "content": "And two more?"}]
+        turn2 = turn1 + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And two more?"}]
         h2 = svc.submit(turn2, sp)
         h2.result(timeout=120)
         assert drained_blocks(svc)
@@ -128,21 +128,21 @@ def test_stop_string_spanning_token_boundary(tiny_svc):
     # Find a boundary between two tokens that each decode to >= 2 clean characters, and make a stop
     # string of 2 characters on each side whose first occurrence is exactly there.
     for k in range(1, len(ids) - 1):
-        before, after = tok.decode(ids[:k]), tok.decode(ids[:k + 1])
-        piece = after[len(before):]
+        before, after = tok.decode(ids[:k]), tok.decode(ids[: k + 1])
+        piece = after[len(before) :]
         if "\ufffd" in after or len(piece) < 2 or not after.startswith(before) or len(before) < 2:
             continue
         full = ref.text
-        stop = full[len(before) - 2:len(before) + 2]
+        stop = full[len(before) - 2 : len(before) + 2]
         if full.find(stop) == len(before) - 2 and stop.strip():
             break
     else:
         pytest.fail(f"no usable token boundary in {ref.text!r}")
     h = tiny_svc.submit("Once upon a time", SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, stop=[stop]))
     deltas = [d.text for d in h]
-    assert "".join(deltas) == full[:len(before) - 2]
+    assert "".join(deltas) == full[: len(before) - 2]
     assert h.finish_reason == "stop"
-    assert h.token_ids == ids[:k + 1]  # stops on the token that completes the stop string
+    assert h.token_ids == ids[: k + 1]  # stops on the token that completes the stop string
 
 
 def test_concurrent_submits_with_random_aborts(tiny_svc):
@@ -191,8 +191,9 @@ def test_concurrent_submits_with_random_aborts(tiny_svc):
 
 
 def test_abort_frees_blocks_and_ids_are_reusable(tiny_svc):
-    h = tiny_svc.submit("Tell me a long story", SamplingParams(temperature=0, max_tokens=200, ignore_eos=True),
-                        request_id="story")
+    h = tiny_svc.submit(
+        "Tell me a long story", SamplingParams(temperature=0, max_tokens=200, ignore_eos=True), request_id="story"
+    )
     assert h.get(timeout=30) is not None
     assert tiny_svc.abort("story")
     out = h.result(timeout=30)
@@ -220,7 +221,8 @@ def test_submit_validates_in_caller_thread(tiny_svc):
 
 def test_service_defaults_cap_prompt_tokens_beside_decodes(tiny_dir, tiny):
     """A service built from a model dir uses the serving cap (latency); LLM alone has none (throughput)."""
-    from engine.config import SERVING_MIXED_PREFILL_TOKENS
+    from nanovllm_tui.engine.config import SERVING_MIXED_PREFILL_TOKENS
+
     assert tiny.scheduler.mixed_prefill_tokens == 0
     for kwargs, want in (({}, SERVING_MIXED_PREFILL_TOKENS), ({"mixed_prefill_tokens": 0}, 0)):
         svc = EngineService(tiny_dir, **engine_kwargs(**kwargs))
@@ -233,6 +235,7 @@ def test_service_defaults_cap_prompt_tokens_beside_decodes(tiny_dir, tiny):
 def test_service_freezes_startup_objects_until_shutdown(tiny):
     """Start-up objects leave the cyclic GC (no full-collection pauses mid-serving) and come back at shutdown."""
     import gc
+
     svc = EngineService(tiny)
     try:
         assert gc.get_freeze_count() > 100_000  # torch, transformers and the model, at least
@@ -352,7 +355,10 @@ def test_chat_rendering_thinking_switch_and_fallback(tiny):
     assert off == on + "<think>\n\n</think>\n\n"
     tok.chat_template = None
     try:
-        assert render_chat(tok, msgs + [{"role": "assistant", "content": "Yo"}]) == "user: Hi\n\nassistant: Yo\n\nassistant:"
+        assert (
+            render_chat(tok, msgs + [{"role": "assistant", "content": "Yo"}])
+            == "user: Hi\n\nassistant: Yo\n\nassistant:"
+        )
     finally:
         tok.chat_template = QWEN3_TEMPLATE
 
@@ -388,10 +394,16 @@ def test_thinking_streams_as_reasoning_deltas(tiny_svc, tiny, monkeypatch):
     script = tok.encode(f"<think>{think}</think>{answer}", add_special_tokens=False)
     assert len(tok.encode("<think>", add_special_tokens=False)) > 1  # the tags really span tokens
     forced = iter(script)
-    monkeypatch.setattr(tiny.model_runner, "sample_device",
-                        lambda logits, inputs: torch.tensor([next(forced) for _ in range(logits.shape[0])]))
-    h = tiny_svc.submit([{"role": "user", "content": "2+2?"}], SamplingParams(max_tokens=len(script), ignore_eos=True),
-                        enable_thinking=True)
+    monkeypatch.setattr(
+        tiny.model_runner,
+        "sample_device",
+        lambda logits, inputs: torch.tensor([next(forced) for _ in range(logits.shape[0])]),
+    )
+    h = tiny_svc.submit(
+        [{"role": "user", "content": "2+2?"}],
+        SamplingParams(max_tokens=len(script), ignore_eos=True),
+        enable_thinking=True,
+    )
     deltas = list(h)
     assert h.finish_reason == "length" and h.token_ids == script
     assert h.reasoning == think and h.text == answer

@@ -1,6 +1,7 @@
 """Ctrl+C / SIGTERM while the app generates: the real `nanovllm-tui` in a pseudo-terminal exits within
 5 s, leaves the alternate screen (terminal restored) and leaves no process behind, with and without
 tensor-parallel worker processes. SIGKILL of the app must not orphan its engine process or TP workers either."""
+
 from __future__ import annotations
 
 import fcntl
@@ -15,7 +16,6 @@ import time
 
 import psutil
 import pytest
-
 from test_cli import ROOT
 
 ALT_SCREEN_ON, ALT_SCREEN_OFF = b"\x1b[?1049h", b"\x1b[?1049l"
@@ -29,9 +29,26 @@ class PtyApp:
         if self.pid == 0:  # the child: the real command line, nothing mocked
             os.chdir(ROOT)
             os.environ["TERM"] = "xterm-256color"
-            os.execv(sys.executable, [sys.executable, "-m", "nanovllm_tui.cli", "--model", str(model_dir),
-                                      "--device", "cpu", "--block-size", "16", "--max-model-len", "512",
-                                      "--num-kvcache-blocks", "64", "--tensor-parallel-size", str(tp)])
+            os.execv(
+                sys.executable,
+                [
+                    sys.executable,
+                    "-m",
+                    "nanovllm_tui.app.cli",
+                    "--model",
+                    str(model_dir),
+                    "--device",
+                    "cpu",
+                    "--block-size",
+                    "16",
+                    "--max-model-len",
+                    "512",
+                    "--num-kvcache-blocks",
+                    "64",
+                    "--tensor-parallel-size",
+                    str(tp),
+                ],
+            )
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))
         self.out = bytearray()
         self.status: int | None = None
@@ -62,8 +79,11 @@ class PtyApp:
         os.close(self.fd)
 
 
-@pytest.mark.parametrize("sig,tp", [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2),
-                                    (signal.SIGKILL, 2)], ids=["sigterm", "ctrl_c", "sigterm_tp2", "sigkill_tp2"])
+@pytest.mark.parametrize(
+    "sig,tp",
+    [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2), (signal.SIGKILL, 2)],
+    ids=["sigterm", "ctrl_c", "sigterm_tp2", "sigkill_tp2"],
+)
 def test_signal_during_generation_exits_cleanly(tiny_qwen3_gqa_dir, sig, tp):
     app = PtyApp(tiny_qwen3_gqa_dir, tp)
     try:
@@ -78,6 +98,7 @@ def test_signal_during_generation_exits_cleanly(tiny_qwen3_gqa_dir, sig, tp):
 
         def user_cpu() -> float:  # the app and its engine process: generation burns CPU in one of them
             return sum(p.cpu_times().user for p in [proc, *family] if p.is_running())
+
         before = user_cpu()
         app.read(2.0)
         assert user_cpu() - before > 0.2, "no generation seems to be running"

@@ -3,19 +3,20 @@
 Regenerate after a deliberate UI change:  python -m pytest tests/test_snapshots.py --snapshot-update
 (then look at the SVGs under tests/__snapshots__/test_snapshots/ before committing them).
 """
+
 from __future__ import annotations
 
 import pytest
 
 pytest.importorskip("pytest_textual_snapshot")
 
-from textual.widgets import Static  # noqa: E402
+from textual.widgets import Static
 
-from engine import LLM  # noqa: E402
-from engine.service import EngineService  # noqa: E402
-from nanovllm_tui.app import NanoVllmApp  # noqa: E402
-from nanovllm_tui.session import SessionSettings  # noqa: E402
-from nanovllm_tui.stats_window import EngineInfo  # noqa: E402
+from nanovllm_tui.app.app import NanoVllmApp
+from nanovllm_tui.app.session import SessionSettings
+from nanovllm_tui.app.stats_window import EngineInfo
+from nanovllm_tui.engine import LLM
+from nanovllm_tui.engine.serving.thread_service import EngineService
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,7 @@ def app(idle_service):
 def after(*keys: str, scroll_home: bool = False):
     """run_before for snap_compare: press keys, then let the stats timer draw the dashboard at least once
     (snap_compare's own `press` runs after run_before, too late for the timer)."""
+
     async def drawn(pilot) -> None:
         app = pilot.app
         for _ in range(200):  # a loaded CI machine may take a while to compose and draw
@@ -61,6 +63,7 @@ def after(*keys: str, scroll_home: bool = False):
                 if widget.is_scrollable:
                     widget.scroll_home(animate=False)
             await pilot.pause(0.2)
+
     return run_before
 
 

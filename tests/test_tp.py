@@ -1,4 +1,5 @@
 """Tensor parallelism on CPU (gloo, spawned workers): TP=1's greedy tokens, clear errors, no hangs, no orphans."""
+
 from __future__ import annotations
 
 import os
@@ -11,11 +12,10 @@ import time
 
 import pytest
 import torch.distributed as dist
-
-from engine import LLM, SamplingParams
-from engine.tp import EngineDeadError
-
 from conftest import TINY_CONFIGS, make_tiny_qwen3
+
+from nanovllm_tui.engine import LLM, SamplingParams
+from nanovllm_tui.engine.tp.runner import EngineDeadError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 KW = dict(kvcache_block_size=16, max_model_len=256)
@@ -95,10 +95,19 @@ def tiny_smollm2_dir(tmp_path_factory, demo_model_dir) -> pathlib.Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(demo_model_dir)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=144, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-                      tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=144,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("smollm2-tiny")
     LlamaForCausalLM(cfg).to(torch.float32).save_pretrained(path, safe_serialization=True)
@@ -121,8 +130,11 @@ def test_smollm2_layout_tp3_matches_tp1(tiny_smollm2_dir) -> None:
 
 
 def test_smollm2_tp2_is_a_clear_error(demo_model_dir) -> None:
-    with pytest.raises(ValueError, match=r"^tensor_parallel_size=2 does not divide the model's 9 attention heads; "
-                                         r"use one of 1, 3$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^tensor_parallel_size=2 does not divide the model's 9 attention heads; "
+        r"use one of 1, 3$",
+    ):
         LLM(str(demo_model_dir), tensor_parallel_size=2, num_kvcache_blocks=16, **KW)
     assert not dist.is_initialized()
 
@@ -147,7 +159,7 @@ def test_killed_worker_raises_instead_of_hanging(tiny_qwen3_gqa_dir) -> None:
 
 RANK0_SCRIPT = textwrap.dedent("""
     import os, sys, time
-    from engine import LLM, SamplingParams
+    from nanovllm_tui.engine import LLM, SamplingParams
 
     if __name__ == "__main__":
         model, mode = sys.argv[1], sys.argv[2]
@@ -167,9 +179,15 @@ def test_rank0_exit_leaves_no_orphans(mode, tiny_qwen3_gqa_dir, tmp_path) -> Non
     """However rank 0 ends (exception at exit, Ctrl+C to the process group, SIGKILL), its workers go too."""
     script = tmp_path / "rank0.py"
     script.write_text(RANK0_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(tiny_qwen3_gqa_dir), mode], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tiny_qwen3_gqa_dir), mode],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("PIDS"), proc.stderr.read()

@@ -1,6 +1,7 @@
 """Benchmarks (`nanovllm-tui bench`): nano-vllm's offline workload and a Poisson online workload, transformers
 side by side, and the hardware floor. Importing this package is cheap; `workload` is pure Python (the app's
 bench screen uses it) and nothing here imports the UI."""
+
 from __future__ import annotations
 
 

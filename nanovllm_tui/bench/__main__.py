@@ -1,4 +1,5 @@
 """`python -m nanovllm_tui.bench ...` (same as `nanovllm-tui bench ...`)."""
+
 import sys
 
 from nanovllm_tui.bench.cli import main

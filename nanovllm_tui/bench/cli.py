@@ -1,5 +1,6 @@
 """`nanovllm-tui bench`: parse flags, build the model and engine, run the workload (and transformers on it),
 compute the floor, print tables, write --json / --trace. Imports no UI code: it runs on bare GPU boxes."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,16 +26,30 @@ def _environment(device) -> dict[str, Any]:
     if not commit:
         try:
             # --dirty: a run from a working tree that differs from its commit says so (e.g. "75f4767-dirty").
-            commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
-                                    text=True, timeout=5,
-                                    cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+            commit = (
+                subprocess.run(
+                    ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                    cwd=os.path.dirname(os.path.abspath(__file__)),
+                ).stdout.strip()
+                or None
+            )
         except (OSError, subprocess.SubprocessError):
             commit = None
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": commit, "host": platform.node(), "device": str(device), "gpu": gpu,
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit,
+        "host": platform.node(),
+        "device": str(device),
+        "gpu": gpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _measure_rates(ns, device, dtype) -> dict[str, Any]:
@@ -60,12 +75,12 @@ def run(ns) -> dict[str, Any]:
     """The whole benchmark; returns the JSON document (also printed as tables along the way)."""
     import torch
 
-    from engine import LLM
-    from engine.loader import load_hf_config
-    from engine.devices import resolve_device, resolve_dtype
     from nanovllm_tui.bench.compare_hf import HFSettings, free_memory
     from nanovllm_tui.bench.floor import model_shape, workload_floor
     from nanovllm_tui.bench.model_source import resolve_model
+    from nanovllm_tui.engine import LLM
+    from nanovllm_tui.engine.devices import resolve_device, resolve_dtype
+    from nanovllm_tui.engine.execution.loader import load_hf_config
 
     progress = not ns.no_progress
     # 1. Flags, the model and the workload, validated before anything is allocated.
@@ -80,27 +95,44 @@ def run(ns) -> dict[str, Any]:
     model_dir = str(resolve_model(ns.model, ns.config, ns.cache_dir))
     hf_config = load_hf_config(model_dir)
     if ns.max_token_id >= hf_config.vocab_size:
-        raise ValueError(f"--max-token-id {ns.max_token_id} is outside the model's vocabulary "
-                         f"({hf_config.vocab_size}); pass --max-token-id {hf_config.vocab_size - 1} or less")
+        raise ValueError(
+            f"--max-token-id {ns.max_token_id} is outside the model's vocabulary "
+            f"({hf_config.vocab_size}); pass --max-token-id {hf_config.vocab_size - 1} or less"
+        )
     workload = make_offline_workload(ns.num_requests, ns.prompt_len, ns.output_len, ns.seed, ns.max_token_id)
     longest = max(r.prompt_len + r.max_tokens for r in workload)
     if longest > ns.max_model_len:
-        raise ValueError(f"the workload's longest request needs {longest} tokens > --max-model-len "
-                         f"{ns.max_model_len}; raise --max-model-len or lower --prompt-len / --output-len")
+        raise ValueError(
+            f"the workload's longest request needs {longest} tokens > --max-model-len "
+            f"{ns.max_model_len}; raise --max-model-len or lower --prompt-len / --output-len"
+        )
     if ns.cpu_threads is not None:
         torch.set_num_threads(max(1, ns.cpu_threads))
     device = resolve_device(ns.device)
     dtype = resolve_dtype(ns.dtype, device, hf_config)
     doc: dict[str, Any] = {
-        "mode": ns.mode, "argv": ns.argv, "environment": _environment(device),
-        "model": {"dir": model_dir, "config": ns.config, "architectures": getattr(hf_config, "architectures", None),
-                  "dtype": str(dtype).removeprefix("torch.")},
+        "mode": ns.mode,
+        "argv": ns.argv,
+        "environment": _environment(device),
+        "model": {
+            "dir": model_dir,
+            "config": ns.config,
+            "architectures": getattr(hf_config, "architectures", None),
+            "dtype": str(dtype).removeprefix("torch."),
+        },
         "engine_options": bench_args.engine_kwargs(ns),
-        "workload": {"num_requests": ns.num_requests, "prompt_len": list(ns.prompt_len),
-                     "output_len": list(ns.output_len), "max_token_id": ns.max_token_id, "seed": ns.seed,
-                     "temperature": ns.temperature, "ignore_eos": True, "warmup": not ns.no_warmup,
-                     "prompt_tokens": sum(r.prompt_len for r in workload),
-                     "output_tokens": sum(r.max_tokens for r in workload)},
+        "workload": {
+            "num_requests": ns.num_requests,
+            "prompt_len": list(ns.prompt_len),
+            "output_len": list(ns.output_len),
+            "max_token_id": ns.max_token_id,
+            "seed": ns.seed,
+            "temperature": ns.temperature,
+            "ignore_eos": True,
+            "warmup": not ns.no_warmup,
+            "prompt_tokens": sum(r.prompt_len for r in workload),
+            "output_tokens": sum(r.max_tokens for r in workload),
+        },
     }
     rates = None if ns.no_floor or ns.mode == "online" else _measure_rates(ns, device, dtype)
     free_memory()
@@ -110,22 +142,24 @@ def run(ns) -> dict[str, Any]:
     t0 = time.perf_counter()
     llm = LLM(model_dir, **bench_args.engine_kwargs(ns))
     runner = llm.model_runner
-    doc["engine"] = {"init_seconds": time.perf_counter() - t0, "num_kvcache_blocks": runner.num_kvcache_blocks,
-                     "block_size": llm.config.kvcache_block_size, "max_model_len": llm.config.max_model_len,
-                     "max_num_batched_tokens": llm.config.max_num_batched_tokens,
-                     "mixed_prefill_tokens": llm.config.mixed_prefill_tokens,
-                     "attention_backend": getattr(getattr(getattr(runner, "runner", runner), "backend", None),
-                                                  "name", None)}
+    doc["engine"] = {
+        "init_seconds": time.perf_counter() - t0,
+        "num_kvcache_blocks": runner.num_kvcache_blocks,
+        "block_size": llm.config.kvcache_block_size,
+        "max_model_len": llm.config.max_model_len,
+        "max_num_batched_tokens": llm.config.max_num_batched_tokens,
+        "mixed_prefill_tokens": llm.config.mixed_prefill_tokens,
+        "attention_backend": getattr(getattr(getattr(runner, "runner", runner), "backend", None), "name", None),
+    }
     try:
         if ns.mode == "offline":
             from nanovllm_tui.bench.offline import run_offline
 
-            ours = run_offline(llm, workload, ns.temperature, warmup=not ns.no_warmup, progress=progress,
-                               on_step=trace)
+            ours = run_offline(llm, workload, ns.temperature, warmup=not ns.no_warmup, progress=progress, on_step=trace)
             print(report.nano_vllm_line(ours))
         else:
-            from engine.service import EngineService
             from nanovllm_tui.bench.online import run_online
+            from nanovllm_tui.engine.serving.thread_service import EngineService
 
             arrivals = poisson_arrivals(len(workload), ns.request_rate, ns.seed)
             service = EngineService(llm)
@@ -136,9 +170,16 @@ def run(ns) -> dict[str, Any]:
                         # (the service has no public command for this; _command runs it on the idle engine thread)
                         service._command(llm.block_manager.reset_prefix_cache)
                     service.set_scheduling_policy(policy)
-                    online, steps = run_online(service, workload, arrivals, ns.request_rate, ns.temperature,
-                                               warmup=not ns.no_warmup and i == 0, progress=progress,
-                                               max_concurrency=ns.max_concurrency)
+                    online, steps = run_online(
+                        service,
+                        workload,
+                        arrivals,
+                        ns.request_rate,
+                        ns.temperature,
+                        warmup=not ns.no_warmup and i == 0,
+                        progress=progress,
+                        max_concurrency=ns.max_concurrency,
+                    )
                     if trace is not None:
                         for step in steps:
                             trace(step)
@@ -159,10 +200,17 @@ def run(ns) -> dict[str, Any]:
 
     # 3. transformers on the same workload.
     results: list[OfflineResult] = [ours]
-    settings = HFSettings(device=str(device), dtype=str(dtype).removeprefix("torch."), temperature=ns.temperature,
-                          max_num_seqs=ns.max_num_seqs, max_num_batched_tokens=ns.max_num_batched_tokens,
-                          kv_cache_tokens=kv_tokens, page_size=ns.block_size, warmup=not ns.no_warmup,
-                          progress=progress)
+    settings = HFSettings(
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        temperature=ns.temperature,
+        max_num_seqs=ns.max_num_seqs,
+        max_num_batched_tokens=ns.max_num_batched_tokens,
+        kv_cache_tokens=kv_tokens,
+        page_size=ns.block_size,
+        warmup=not ns.no_warmup,
+        progress=progress,
+    )
     for name in dict.fromkeys(ns.compare):  # in order, each once
         from nanovllm_tui.bench.compare_hf import run_transformers_cb, run_transformers_static
 
@@ -171,8 +219,10 @@ def run(ns) -> dict[str, Any]:
         else:
             results.append(run_transformers_static(model_dir, workload, settings, ns.hf_batch_size))
     doc["offline"] = {r.engine: r.as_dict() for r in results}
-    doc["ratios"] = {f"nanovllm-tui/{r.engine}": (ours.output_tok_s / r.output_tok_s if r.output_tok_s else None)
-                     for r in results[1:]}
+    doc["ratios"] = {
+        f"nanovllm-tui/{r.engine}": (ours.output_tok_s / r.output_tok_s if r.output_tok_s else None)
+        for r in results[1:]
+    }
     print(report.offline_table(results))
 
     # 4. The floor.

@@ -4,6 +4,7 @@ and, for contrast, padded static batches through `generate`.
 Both sample like ours (temperature, no top-k/top-p) and never stop early (eos_token_id=-1 / none), so every
 request produces exactly its max_tokens and the token counts match ours.
 """
+
 from __future__ import annotations
 
 import gc
@@ -22,11 +23,11 @@ class HFSettings:
     """How to run transformers: the device/dtype our engine used, and our engine's limits for a fair fight."""
 
     device: str
-    dtype: str                     # torch dtype name, e.g. "bfloat16"
+    dtype: str  # torch dtype name, e.g. "bfloat16"
     temperature: float
     max_num_seqs: int
     max_num_batched_tokens: int
-    kv_cache_tokens: int | None    # CPU: size transformers' cache like ours (on GPU it sizes itself from free memory)
+    kv_cache_tokens: int | None  # CPU: size transformers' cache like ours (on GPU it sizes itself from free memory)
     page_size: int = 256
     warmup: bool = True
     progress: bool = True
@@ -43,8 +44,14 @@ def load_model(model_dir: str, s: HFSettings, attn: str = "sdpa"):
 def _generation_config(s: HFSettings, max_new_tokens: int):
     from transformers import GenerationConfig
 
-    return GenerationConfig(do_sample=s.temperature > 0, temperature=s.temperature or None, top_k=0, top_p=1.0,
-                            eos_token_id=-1, max_new_tokens=max_new_tokens)
+    return GenerationConfig(
+        do_sample=s.temperature > 0,
+        temperature=s.temperature or None,
+        top_k=0,
+        top_p=1.0,
+        eos_token_id=-1,
+        max_new_tokens=max_new_tokens,
+    )
 
 
 def run_transformers_cb(model_dir: str, workload: list[BenchRequest], s: HFSettings) -> OfflineResult:
@@ -54,20 +61,27 @@ def run_transformers_cb(model_dir: str, workload: list[BenchRequest], s: HFSetti
     hints = _workload_hints(workload)
     manager = model.init_continuous_batching(
         generation_config=_generation_config(s, max(r.max_tokens for r in workload)),
-        continuous_batching_config=cb, **({"workload_hints": hints} if hints is not None else {}))
+        continuous_batching_config=cb,
+        **({"workload_hints": hints} if hints is not None else {}),
+    )
     attn = model.config._attn_implementation  # after init: CB switches to flash attention when it is installed
     try:
         if s.device != "cpu" and hasattr(manager, "warmup"):
             manager.warmup()  # CUDA graph capture, as its generate_batch does before timing
         manager.start()
         if s.warmup:
-            _cb_collect(manager, [manager.add_request(list(workload[0].prompt_token_ids[:16]), max_new_tokens=8,
-                                                      eos_token_id=-1)], None)
+            _cb_collect(
+                manager,
+                [manager.add_request(list(workload[0].prompt_token_ids[:16]), max_new_tokens=8, eos_token_id=-1)],
+                None,
+            )
         expected = total_output_tokens(workload)
         bar = tqdm(total=expected, desc="transformers-cb", unit="tok", disable=not s.progress, dynamic_ncols=True)
         start = time.perf_counter()
-        ids = [manager.add_request(list(r.prompt_token_ids), max_new_tokens=r.max_tokens, eos_token_id=-1)
-               for r in workload]
+        ids = [
+            manager.add_request(list(r.prompt_token_ids), max_new_tokens=r.max_tokens, eos_token_id=-1)
+            for r in workload
+        ]
         results = _cb_collect(manager, ids, bar)
         seconds = time.perf_counter() - start
         bar.close()
@@ -78,11 +92,21 @@ def run_transformers_cb(model_dir: str, workload: list[BenchRequest], s: HFSetti
     lost = "no result: transformers' generation thread stopped (its log above says why)"
     errors = [r.error for r in results.values() if r.error is not None] + [lost] * (len(ids) - len(results))
     out = OfflineResult(
-        engine="transformers-cb", num_requests=len(workload), prompt_tokens=total_prompt_tokens(workload),
-        output_tokens=sum(len(r.generated_tokens) for r in results.values()), expected_output_tokens=expected,
-        seconds=seconds, num_errors=len(errors),
-        extra={"attn_implementation": attn, "first_error": errors[0] if errors else None,
-               "page_size": s.page_size, "num_blocks": cb.num_blocks, "max_batch_tokens": cb.max_batch_tokens})
+        engine="transformers-cb",
+        num_requests=len(workload),
+        prompt_tokens=total_prompt_tokens(workload),
+        output_tokens=sum(len(r.generated_tokens) for r in results.values()),
+        expected_output_tokens=expected,
+        seconds=seconds,
+        num_errors=len(errors),
+        extra={
+            "attn_implementation": attn,
+            "first_error": errors[0] if errors else None,
+            "page_size": s.page_size,
+            "num_blocks": cb.num_blocks,
+            "max_batch_tokens": cb.max_batch_tokens,
+        },
+    )
     del model, manager
     free_memory()
     return out
@@ -101,8 +125,12 @@ def _cb_config(s: HFSettings, workload_tokens: int):
     num_blocks = None
     if s.device == "cpu" and s.kv_cache_tokens:  # no more than the workload can use: its masks grow with the cache
         num_blocks = math.ceil(min(s.kv_cache_tokens, workload_tokens) / s.page_size)
-    return ContinuousBatchingConfig(**{page: s.page_size}, num_blocks=num_blocks,
-                                    max_batch_tokens=s.max_num_batched_tokens, max_requests_per_batch=s.max_num_seqs)
+    return ContinuousBatchingConfig(
+        **{page: s.page_size},
+        num_blocks=num_blocks,
+        max_batch_tokens=s.max_num_batched_tokens,
+        max_requests_per_batch=s.max_num_seqs,
+    )
 
 
 def _workload_hints(workload: list[BenchRequest]):
@@ -111,8 +139,11 @@ def _workload_hints(workload: list[BenchRequest]):
         from transformers.generation.continuous_batching.utils import WorkloadHints
     except ImportError:
         return None
-    return WorkloadHints(max_prompt_length=max(r.prompt_len for r in workload),
-                         max_generated_length=max(r.max_tokens for r in workload), num_requests=len(workload))
+    return WorkloadHints(
+        max_prompt_length=max(r.prompt_len for r in workload),
+        max_generated_length=max(r.max_tokens for r in workload),
+        num_requests=len(workload),
+    )
 
 
 def _cb_collect(manager, ids: list[str], bar) -> dict:
@@ -131,8 +162,9 @@ def _cb_collect(manager, ids: list[str], bar) -> dict:
     return results
 
 
-def run_transformers_static(model_dir: str, workload: list[BenchRequest], s: HFSettings,
-                            batch_size: int) -> OfflineResult:
+def run_transformers_static(
+    model_dir: str, workload: list[BenchRequest], s: HFSettings, batch_size: int
+) -> OfflineResult:
     """Padded static batching: requests in order, `batch_size` at a time, left-padded; each batch runs to its
     longest max_tokens. Only each request's own max_tokens count as output (the rest is the cost of padding)."""
     import torch
@@ -145,8 +177,8 @@ def run_transformers_static(model_dir: str, workload: list[BenchRequest], s: HFS
         ids = torch.zeros(len(batch), width, dtype=torch.long)
         mask = torch.zeros(len(batch), width, dtype=torch.long)
         for i, r in enumerate(batch):
-            ids[i, width - r.prompt_len:] = torch.tensor(r.prompt_token_ids)
-            mask[i, width - r.prompt_len:] = 1
+            ids[i, width - r.prompt_len :] = torch.tensor(r.prompt_token_ids)
+            mask[i, width - r.prompt_len :] = 1
         n = max(r.max_tokens for r in batch)
         config = _generation_config(s, n)
         config.eos_token_id, config.pad_token_id = None, 0
@@ -161,7 +193,7 @@ def run_transformers_static(model_dir: str, workload: list[BenchRequest], s: HFS
     generated = 0
     start = time.perf_counter()
     for i in range(0, len(workload), batch_size):
-        batch = workload[i:i + batch_size]
+        batch = workload[i : i + batch_size]
         generated += generate(batch)
         bar.update(sum(r.max_tokens for r in batch))
     if device.type == "cuda":
@@ -171,9 +203,14 @@ def run_transformers_static(model_dir: str, workload: list[BenchRequest], s: HFS
     del model
     free_memory()
     return OfflineResult(
-        engine="transformers-static", num_requests=len(workload), prompt_tokens=total_prompt_tokens(workload),
-        output_tokens=expected, expected_output_tokens=expected, seconds=seconds,
-        extra={"attn_implementation": "sdpa", "batch_size": batch_size, "generated_including_padding": generated})
+        engine="transformers-static",
+        num_requests=len(workload),
+        prompt_tokens=total_prompt_tokens(workload),
+        output_tokens=expected,
+        expected_output_tokens=expected,
+        seconds=seconds,
+        extra={"attn_implementation": "sdpa", "batch_size": batch_size, "generated_including_padding": generated},
+    )
 
 
 def free_memory() -> None:

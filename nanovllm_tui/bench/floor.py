@@ -9,14 +9,15 @@ Definitions (a lower bound: everything not listed, e.g. activations and prefill 
 - Compute: 2 FLOPs per weight per token through the network (p + o - 1 tokens per request), the LM head only on
   the o sampled rows, plus attention's QK^T and PV: 4 * layers * q_heads * head_dim per (query, key) pair, causal.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 from nanovllm_tui.bench.workload import BenchRequest
 
@@ -81,12 +82,18 @@ class Floor:
 
     def as_dict(self, measured_seconds: float | None = None) -> dict:
         d = asdict(self)
-        d.update(bytes_total=self.bytes_total, memory_seconds=self.memory_seconds,
-                 compute_seconds=self.compute_seconds, memory_floor_tok_s=self.memory_tok_s,
-                 compute_floor_tok_s=self.compute_tok_s)
+        d.update(
+            bytes_total=self.bytes_total,
+            memory_seconds=self.memory_seconds,
+            compute_seconds=self.compute_seconds,
+            memory_floor_tok_s=self.memory_tok_s,
+            compute_floor_tok_s=self.compute_tok_s,
+        )
         if measured_seconds:
-            d.update(memory_fraction=self.memory_seconds / measured_seconds,
-                     compute_fraction=self.compute_seconds / measured_seconds)
+            d.update(
+                memory_fraction=self.memory_seconds / measured_seconds,
+                compute_fraction=self.compute_seconds / measured_seconds,
+            )
         return d
 
 
@@ -110,8 +117,9 @@ def attention_pairs(prompt_len: int, output_len: int) -> int:
     return n * (n + 1) // 2
 
 
-def workload_floor(shape: ModelShape, workload: Sequence[BenchRequest], bandwidth_gbs: float, peak_tflops: float,
-                   max_num_seqs: int) -> Floor:
+def workload_floor(
+    shape: ModelShape, workload: Sequence[BenchRequest], bandwidth_gbs: float, peak_tflops: float, max_num_seqs: int
+) -> Floor:
     """Bytes and FLOPs the workload needs on this model (see the module docstring for what is counted)."""
     if bandwidth_gbs <= 0 or peak_tflops <= 0:
         raise ValueError(f"bandwidth ({bandwidth_gbs} GB/s) and peak compute ({peak_tflops} TFLOPS) must be > 0")
@@ -120,20 +128,30 @@ def workload_floor(shape: ModelShape, workload: Sequence[BenchRequest], bandwidt
     kv_reads = sum(kv_token_reads(r.prompt_len, r.max_tokens) for r in workload)
     tokens = sum(r.prompt_len + r.max_tokens - 1 for r in workload)
     pairs = sum(attention_pairs(r.prompt_len, r.max_tokens) for r in workload)
-    flops = (2 * shape.non_embedding_params * tokens + 2 * shape.lm_head_params * sum(outs)
-             + 4 * shape.num_layers * shape.num_heads * shape.head_dim * pairs)
-    return Floor(decode_steps=steps, weight_bytes=steps * shape.weight_bytes_per_step,
-                 kv_bytes=kv_reads * shape.kv_bytes_per_token, flops=flops, bandwidth_gbs=bandwidth_gbs,
-                 peak_tflops=peak_tflops, output_tokens=sum(outs))
+    flops = (
+        2 * shape.non_embedding_params * tokens
+        + 2 * shape.lm_head_params * sum(outs)
+        + 4 * shape.num_layers * shape.num_heads * shape.head_dim * pairs
+    )
+    return Floor(
+        decode_steps=steps,
+        weight_bytes=steps * shape.weight_bytes_per_step,
+        kv_bytes=kv_reads * shape.kv_bytes_per_token,
+        flops=flops,
+        bandwidth_gbs=bandwidth_gbs,
+        peak_tflops=peak_tflops,
+        output_tokens=sum(outs),
+    )
 
 
 # -- the model's shape, from its files --------------------------------------------------------------
+
 
 def model_shape(model_dir: str, dtype_bytes: int) -> ModelShape:
     """Parameter counts from the safetensors headers (exact, no weights loaded), the rest from config.json."""
     from safetensors import safe_open
 
-    from engine.loader import weight_files
+    from nanovllm_tui.engine.execution.loader import weight_files
 
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
@@ -151,13 +169,20 @@ def model_shape(model_dir: str, dtype_bytes: int) -> ModelShape:
                 elif name.endswith("lm_head.weight"):
                     head += numel
     heads = cfg["num_attention_heads"]
-    return ModelShape(non_embedding_params=total - embed - head, vocab_size=cfg["vocab_size"],
-                      hidden_size=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"], num_heads=heads,
-                      num_kv_heads=cfg.get("num_key_value_heads") or heads,
-                      head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, dtype_bytes=dtype_bytes)
+    return ModelShape(
+        non_embedding_params=total - embed - head,
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        num_layers=cfg["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        dtype_bytes=dtype_bytes,
+    )
 
 
 # -- measured rates ---------------------------------------------------------------------------------
+
 
 def _time_median(fn, device, iters: int) -> float:
     """Median seconds of fn() over iters runs after two warm-ups."""
@@ -202,4 +227,4 @@ def measure_matmul_tflops(device, dtype, n: int | None = None, iters: int = 10) 
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = _time_median(lambda: a @ b, device, iters)
-    return 2 * n ** 3 / seconds / 1e12
+    return 2 * n**3 / seconds / 1e12

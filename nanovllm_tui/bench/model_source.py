@@ -5,6 +5,7 @@ transformers' random init, saves it as a normal HF dir (safetensors) under the c
 The engine loads a tokenizer from the model dir; the benchmark sends token ids, so a generated dir gets a
 minimal word-level tokenizer whose vocabulary covers every id of the config (`<0>`, `<1>`, ...).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,7 @@ def read_config_json(path: str) -> dict:
     except json.JSONDecodeError as exc:
         raise ValueError(f"--config {path!r} is not valid JSON ({exc})") from exc
     if not isinstance(cfg, dict) or "model_type" not in cfg:
-        raise ValueError(f"--config {path!r} has no \"model_type\"; use a Hugging Face config.json (e.g. qwen3, llama)")
+        raise ValueError(f'--config {path!r} has no "model_type"; use a Hugging Face config.json (e.g. qwen3, llama)')
     return cfg
 
 
@@ -61,8 +62,9 @@ def random_model_dir(config_path: str, cache_dir: str | os.PathLike | None = Non
     return target
 
 
-def save_random_model(cfg: dict, path: str | os.PathLike, seed: int = 0, device: str | None = None,
-                      dtype: str | None = None) -> None:
+def save_random_model(
+    cfg: dict, path: str | os.PathLike, seed: int = 0, device: str | None = None, dtype: str | None = None
+) -> None:
     """transformers' random init of the architecture in cfg, saved as an HF dir (config.json + safetensors).
 
     The init runs in fp32 (on the GPU when there is one: much faster) and is then cast to `dtype` (default:

@@ -1,4 +1,5 @@
 """Offline throughput: every request queued at once, the engine stepped to completion (nano-vllm's bench)."""
+
 from __future__ import annotations
 
 import time
@@ -6,10 +7,10 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
-from engine import SamplingParams
-from engine.stats import StepStats
 from nanovllm_tui.bench.results import OfflineResult, percentile
 from nanovllm_tui.bench.workload import BenchRequest, total_output_tokens, total_prompt_tokens
+from nanovllm_tui.engine import SamplingParams
+from nanovllm_tui.engine.stats import StepStats
 
 WARMUP_PROMPT = "Benchmark: "  # nano-vllm's warm-up: llm.generate(["Benchmark: "], SamplingParams())
 
@@ -23,8 +24,14 @@ def warm_up(llm) -> None:
         llm.step()
 
 
-def run_offline(llm, workload: list[BenchRequest], temperature: float, warmup: bool = True,
-                progress: bool = True, on_step: Callable[[StepStats], None] | None = None) -> OfflineResult:
+def run_offline(
+    llm,
+    workload: list[BenchRequest],
+    temperature: float,
+    warmup: bool = True,
+    progress: bool = True,
+    on_step: Callable[[StepStats], None] | None = None,
+) -> OfflineResult:
     """Queue the whole workload (ignore_eos), step until done; on_step gets engine.last_step after each step."""
     if warmup:
         warm_up(llm)
@@ -35,8 +42,9 @@ def run_offline(llm, workload: list[BenchRequest], temperature: float, warmup: b
     start = time.perf_counter()
     # Timed like nano-vllm's bench: adding the requests is part of the run.
     # Final outputs only, as LLM.generate asks: the bar moves as requests finish (each carries all its tokens).
-    seqs = [llm.add_request(list(r.prompt_token_ids), sp, detokenize=False, stream=False)
-            for r, sp in zip(workload, params)]
+    seqs = [
+        llm.add_request(list(r.prompt_token_ids), sp, detokenize=False, stream=False) for r, sp in zip(workload, params)
+    ]
     errors: list[str] = []
     last = llm.last_step
     while llm.has_unfinished_requests():
@@ -48,10 +56,19 @@ def run_offline(llm, workload: list[BenchRequest], temperature: float, warmup: b
         errors.extend(o.error for o in outs if o.finished and o.finish_reason == "error")
     seconds = time.perf_counter() - start
     bar.close()
-    decode_rates = [(s.num_completion_tokens - 1) / (s.token_times[-1] - s.first_token_time)
-                    for s in seqs if s.num_completion_tokens > 1 and s.token_times[-1] > s.first_token_time]
+    decode_rates = [
+        (s.num_completion_tokens - 1) / (s.token_times[-1] - s.first_token_time)
+        for s in seqs
+        if s.num_completion_tokens > 1 and s.token_times[-1] > s.first_token_time
+    ]
     return OfflineResult(
-        engine="nanovllm-tui", num_requests=len(workload), prompt_tokens=total_prompt_tokens(workload),
-        output_tokens=sum(s.num_completion_tokens for s in seqs), expected_output_tokens=expected,
-        seconds=seconds, num_errors=len(errors), decode_tok_s_per_request_p50=percentile(decode_rates, 50),
-        extra={"first_error": errors[0] if errors else None, "num_steps": llm.stats().num_steps - steps_before})
+        engine="nanovllm-tui",
+        num_requests=len(workload),
+        prompt_tokens=total_prompt_tokens(workload),
+        output_tokens=sum(s.num_completion_tokens for s in seqs),
+        expected_output_tokens=expected,
+        seconds=seconds,
+        num_errors=len(errors),
+        decode_tok_s_per_request_p50=percentile(decode_rates, 50),
+        extra={"first_error": errors[0] if errors else None, "num_steps": llm.stats().num_steps - steps_before},
+    )

@@ -1,5 +1,6 @@
 """Online serving benchmark: requests arrive at Poisson times through EngineService; per-request TTFT, ITL,
 TPOT and end-to-end latency (as vLLM's benchmark_serving reports them) from the handles' engine-side timings."""
+
 from __future__ import annotations
 
 import threading
@@ -7,15 +8,22 @@ import time
 
 from tqdm.auto import tqdm
 
-from engine import SamplingParams
-from engine.stats import StepStats
 from nanovllm_tui.bench.results import Distribution, OnlineResult
 from nanovllm_tui.bench.workload import BenchRequest, total_prompt_tokens
+from nanovllm_tui.engine import SamplingParams
+from nanovllm_tui.engine.stats import StepStats
 
 
-def run_online(service, workload: list[BenchRequest], arrivals: list[float], request_rate: float,
-               temperature: float, warmup: bool = True, progress: bool = True,
-               max_concurrency: int | None = None) -> tuple[OnlineResult, list[StepStats]]:
+def run_online(
+    service,
+    workload: list[BenchRequest],
+    arrivals: list[float],
+    request_rate: float,
+    temperature: float,
+    warmup: bool = True,
+    progress: bool = True,
+    max_concurrency: int | None = None,
+) -> tuple[OnlineResult, list[StepStats]]:
     """Submit request i at arrivals[i] seconds after the start (ignore_eos), wait for all, summarise.
 
     Timings are the service's RequestMetrics (submit() to each sampled token, on the engine's clock), so how
@@ -38,8 +46,7 @@ def run_online(service, workload: list[BenchRequest], arrivals: list[float], req
             slot_freed.set()
 
     unsubscribe = service.subscribe(on_step)
-    bar = tqdm(total=len(workload), desc="online", unit="req",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(workload), desc="online", unit="req", disable=not progress, dynamic_ncols=True)
     handles = []
     start = time.monotonic()
     try:
@@ -66,8 +73,9 @@ def run_online(service, workload: list[BenchRequest], arrivals: list[float], req
     return result, steps
 
 
-def summarise(handles, workload: list[BenchRequest], request_rate: float, policy: str,
-              history: list[StepStats]) -> OnlineResult:
+def summarise(
+    handles, workload: list[BenchRequest], request_rate: float, policy: str, history: list[StepStats]
+) -> OnlineResult:
     """Latency distributions and throughput from finished handles."""
     ttft, itl, tpot, e2e = [], [], [], []
     errors = output_tokens = 0
@@ -90,8 +98,17 @@ def summarise(handles, workload: list[BenchRequest], request_rate: float, policy
     duration = last_finish - first_arrival
     running = [s.num_running for s in history if s.start_time >= first_arrival]
     return OnlineResult(
-        num_requests=len(handles), request_rate=request_rate, policy=policy, duration=duration,
-        prompt_tokens=total_prompt_tokens(workload), output_tokens=output_tokens, num_errors=errors,
-        ttft=Distribution.of_seconds(ttft), itl=Distribution.of_seconds(itl), tpot=Distribution.of_seconds(tpot),
-        e2e=Distribution.of_seconds(e2e), mean_in_flight=sum(e2e) / duration if duration > 0 else 0.0,
-        mean_running=sum(running) / len(running) if running else None)
+        num_requests=len(handles),
+        request_rate=request_rate,
+        policy=policy,
+        duration=duration,
+        prompt_tokens=total_prompt_tokens(workload),
+        output_tokens=output_tokens,
+        num_errors=errors,
+        ttft=Distribution.of_seconds(ttft),
+        itl=Distribution.of_seconds(itl),
+        tpot=Distribution.of_seconds(tpot),
+        e2e=Distribution.of_seconds(e2e),
+        mean_in_flight=sum(e2e) / duration if duration > 0 else 0.0,
+        mean_running=sum(running) / len(running) if running else None,
+    )

@@ -1,4 +1,5 @@
 """Printing and saving results: text tables, the --json document, the --trace JSONL of StepStats."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,9 +7,9 @@ import json
 import math
 from typing import Any
 
-from engine.stats import StepStats
 from nanovllm_tui.bench.floor import Floor
 from nanovllm_tui.bench.results import Distribution, OfflineResult, OnlineResult
+from nanovllm_tui.engine.stats import StepStats
 
 
 def step_record(step: StepStats) -> dict[str, Any]:
@@ -79,12 +80,16 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 def offline_table(results: list[OfflineResult]) -> str:
     """One row per engine; the last column is each engine's throughput relative to the first (ours)."""
     base = results[0].output_tok_s
-    lines = [f"{'engine':<20} {'requests':>8} {'out tokens':>11} {'seconds':>9} {'out tok/s':>11} "
-             f"{'total tok/s':>12} {'errors':>6} {'vs ours':>8}"]
+    lines = [
+        f"{'engine':<20} {'requests':>8} {'out tokens':>11} {'seconds':>9} {'out tok/s':>11} "
+        f"{'total tok/s':>12} {'errors':>6} {'vs ours':>8}"
+    ]
     for r in results:
         rel = r.output_tok_s / base if base else 0.0
-        lines.append(f"{r.engine:<20} {r.num_requests:>8} {r.output_tokens:>11,} {r.seconds:>9.2f} "
-                     f"{r.output_tok_s:>11,.1f} {r.total_tok_s:>12,.1f} {r.num_errors:>6} {rel:>8.3f}")
+        lines.append(
+            f"{r.engine:<20} {r.num_requests:>8} {r.output_tokens:>11,} {r.seconds:>9.2f} "
+            f"{r.output_tok_s:>11,.1f} {r.total_tok_s:>12,.1f} {r.num_errors:>6} {rel:>8.3f}"
+        )
     ours = results[0]
     for r in results[1:]:
         if r.output_tok_s > 0:
@@ -102,15 +107,18 @@ def nano_vllm_line(r: OfflineResult) -> str:
 def online_table(r: OnlineResult) -> str:
     rate = "inf" if r.request_rate == math.inf else f"{r.request_rate:g}"
     cap = f", at most {r.max_concurrency} in flight" if r.max_concurrency else ""
-    lines = [f"Online ({r.policy}): {r.num_requests} requests at {rate} req/s{cap}, duration {r.duration:.2f} s, "
-             f"errors {r.num_errors}",
-             f"  request throughput {r.request_throughput:.2f} req/s, output {r.output_tok_s:,.1f} tok/s, "
-             f"mean in flight {r.mean_in_flight:.1f} (Little), mean running {_fmt(r.mean_running, 1)}",
-             f"  {'ms':<6} {'mean':>9} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}"]
+    lines = [
+        f"Online ({r.policy}): {r.num_requests} requests at {rate} req/s{cap}, duration {r.duration:.2f} s, "
+        f"errors {r.num_errors}",
+        f"  request throughput {r.request_throughput:.2f} req/s, output {r.output_tok_s:,.1f} tok/s, "
+        f"mean in flight {r.mean_in_flight:.1f} (Little), mean running {_fmt(r.mean_running, 1)}",
+        f"  {'ms':<6} {'mean':>9} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}",
+    ]
     for name, d in (("TTFT", r.ttft), ("ITL", r.itl), ("TPOT", r.tpot), ("E2E", r.e2e)):
         d: Distribution
-        lines.append(f"  {name:<6} {_fmt(d.mean):>9} {_fmt(d.p50):>9} {_fmt(d.p90):>9} {_fmt(d.p99):>9} "
-                     f"{_fmt(d.max):>9}")
+        lines.append(
+            f"  {name:<6} {_fmt(d.mean):>9} {_fmt(d.p50):>9} {_fmt(d.p90):>9} {_fmt(d.p99):>9} {_fmt(d.max):>9}"
+        )
     if r.itl.p50:
         lines.append(f"  ITL p99 / p50 = {r.itl.p99 / r.itl.p50:.2f}")
     return "\n".join(lines)
@@ -126,11 +134,13 @@ def _si(x: float, unit: str) -> str:
 
 def floor_table(f: Floor, seconds: float, bandwidth_source: str, compute_source: str) -> str:
     per_step = f.weight_bytes / f.decode_steps if f.decode_steps else 0
-    return "\n".join([
-        f"Floor: {f.decode_steps} decode steps x {_si(per_step, 'B')} weights + {_si(f.kv_bytes, 'B')} KV reads "
-        f"= {_si(f.bytes_total, 'B')}; {_si(f.flops, 'FLOP')}",
-        f"  memory : {_si(f.bandwidth_gbs * 1e9, 'B/s')} ({bandwidth_source}) -> {f.memory_seconds:.4f} s = "
-        f"{f.memory_tok_s:,.0f} tok/s; achieved {f.memory_seconds / seconds:.3f} of it",
-        f"  compute: {_si(f.peak_tflops * 1e12, 'FLOP/s')} ({compute_source}) -> {f.compute_seconds:.4f} s = "
-        f"{f.compute_tok_s:,.0f} tok/s; achieved {f.compute_seconds / seconds:.3f} of it",
-    ])
+    return "\n".join(
+        [
+            f"Floor: {f.decode_steps} decode steps x {_si(per_step, 'B')} weights + {_si(f.kv_bytes, 'B')} KV reads "
+            f"= {_si(f.bytes_total, 'B')}; {_si(f.flops, 'FLOP')}",
+            f"  memory : {_si(f.bandwidth_gbs * 1e9, 'B/s')} ({bandwidth_source}) -> {f.memory_seconds:.4f} s = "
+            f"{f.memory_tok_s:,.0f} tok/s; achieved {f.memory_seconds / seconds:.3f} of it",
+            f"  compute: {_si(f.peak_tflops * 1e12, 'FLOP/s')} ({compute_source}) -> {f.compute_seconds:.4f} s = "
+            f"{f.compute_tok_s:,.0f} tok/s; achieved {f.compute_seconds / seconds:.3f} of it",
+        ]
+    )

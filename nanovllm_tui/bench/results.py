@@ -1,4 +1,5 @@
 """Result records of benchmark runs (plain dataclasses, JSON-ready via as_dict)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -8,10 +9,10 @@ from dataclasses import asdict, dataclass, field
 class OfflineResult:
     """One engine's run over an offline workload; tok/s counts generated (output) tokens, as nano-vllm does."""
 
-    engine: str                 # "nanovllm-tui" | "transformers-cb" | "transformers-static"
+    engine: str  # "nanovllm-tui" | "transformers-cb" | "transformers-static"
     num_requests: int
     prompt_tokens: int
-    output_tokens: int          # tokens actually generated and kept
+    output_tokens: int  # tokens actually generated and kept
     expected_output_tokens: int  # sum of max_tokens (ignore_eos: every request should reach it)
     seconds: float
     num_errors: int = 0
@@ -55,7 +56,7 @@ class Distribution:
     count: int
 
     @classmethod
-    def of_seconds(cls, values: list[float]) -> "Distribution":
+    def of_seconds(cls, values: list[float]) -> Distribution:
         ms = [v * 1e3 for v in values]
         pct = [percentile(ms, q) for q in (50, 90, 99)]
         return cls(sum(ms) / len(ms) if ms else None, *pct, max(ms) if ms else None, len(ms))
@@ -68,15 +69,15 @@ class OnlineResult:
     num_requests: int
     request_rate: float
     policy: str
-    duration: float             # first arrival to last finish, seconds
+    duration: float  # first arrival to last finish, seconds
     prompt_tokens: int
     output_tokens: int
     num_errors: int
     ttft: Distribution
     itl: Distribution
-    tpot: Distribution          # per request: (e2e - ttft) / (output tokens - 1)
+    tpot: Distribution  # per request: (e2e - ttft) / (output tokens - 1)
     e2e: Distribution
-    mean_in_flight: float       # Little's law: sum of e2e latencies / duration
+    mean_in_flight: float  # Little's law: sum of e2e latencies / duration
     mean_running: float | None  # mean num_running over the engine's steps
     max_concurrency: int | None = None
 
@@ -90,6 +91,9 @@ class OnlineResult:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d.update(request_throughput=self.request_throughput, output_tok_s=self.output_tok_s,
-                 request_rate=None if self.request_rate == float("inf") else self.request_rate)
+        d.update(
+            request_throughput=self.request_throughput,
+            output_tok_s=self.output_tok_s,
+            request_rate=None if self.request_rate == float("inf") else self.request_rate,
+        )
         return d

@@ -2,6 +2,7 @@
 
 Pure Python and deterministic for a seed, so the app's bench screen and the CLI build the same requests.
 """
+
 from __future__ import annotations
 
 import random
@@ -35,11 +36,13 @@ def _check_range(name: str, rng: tuple[int, int]) -> tuple[int, int]:
     return lo, hi
 
 
-def make_offline_workload(num_requests: int = DEFAULT_NUM_REQUESTS,
-                          prompt_len_range: tuple[int, int] = DEFAULT_PROMPT_LEN_RANGE,
-                          output_len_range: tuple[int, int] = DEFAULT_OUTPUT_LEN_RANGE,
-                          seed: int = DEFAULT_SEED,
-                          max_token_id: int = DEFAULT_MAX_TOKEN_ID) -> list[BenchRequest]:
+def make_offline_workload(
+    num_requests: int = DEFAULT_NUM_REQUESTS,
+    prompt_len_range: tuple[int, int] = DEFAULT_PROMPT_LEN_RANGE,
+    output_len_range: tuple[int, int] = DEFAULT_OUTPUT_LEN_RANGE,
+    seed: int = DEFAULT_SEED,
+    max_token_id: int = DEFAULT_MAX_TOKEN_ID,
+) -> list[BenchRequest]:
     """nano-vllm's bench workload: all prompts drawn first, then all max_tokens, from one seeded stream.
 
     With the defaults this is exactly nano-vllm's 256 requests (133,966 output tokens).

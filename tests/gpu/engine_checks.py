@@ -1,13 +1,14 @@
 """Engine-level checks shared by the GPU tests: free-running greedy generation and teacher-forced argmax agreement."""
+
 from __future__ import annotations
 
 import random
 
 import torch
 
-from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence
+from nanovllm_tui.engine.llm_engine import LLMEngine
+from nanovllm_tui.engine.sampling_params import SamplingParams
+from nanovllm_tui.engine.scheduling.sequence import Sequence
 
 
 def random_prompts(num: int, vocab: int, seed: int, lengths: tuple[int, int] = (1, 200)) -> list[list[int]]:
@@ -18,8 +19,10 @@ def random_prompts(num: int, vocab: int, seed: int, lengths: tuple[int, int] = (
 def engine_greedy(engine: LLMEngine, prompts: list[list[int]], max_tokens: list[int] | int) -> list[list[int]]:
     """Greedy completions (EOS ignored, so every request runs to its max_tokens)."""
     limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
-    seqs = [engine.add_request(p, SamplingParams(temperature=0, max_tokens=m, ignore_eos=True), detokenize=False)
-            for p, m in zip(prompts, limits)]
+    seqs = [
+        engine.add_request(p, SamplingParams(temperature=0, max_tokens=m, ignore_eos=True), detokenize=False)
+        for p, m in zip(prompts, limits)
+    ]
     while engine.has_unfinished_requests():
         for out in engine.step():
             assert out.error is None, f"{out.error}\n{getattr(engine, 'last_traceback', '')}"
@@ -29,8 +32,9 @@ def engine_greedy(engine: LLMEngine, prompts: list[list[int]], max_tokens: list[
 def hf_model(model_dir, dtype: torch.dtype, device: str = "cuda", attn_implementation: str = "sdpa"):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype,
-                                                 attn_implementation=attn_implementation).to(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=dtype, attn_implementation=attn_implementation
+    ).to(device)
     return model.eval()
 
 
@@ -40,9 +44,15 @@ def hf_continuations(model, prompts: list[list[int]], new_tokens: int) -> list[l
     outs = []
     for p in prompts:
         ids = torch.tensor([p], device=model.device)
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-        outs.append(gen[0, len(p):].tolist())
+        gen = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+        outs.append(gen[0, len(p) :].tolist())
     return outs
 
 
@@ -52,7 +62,7 @@ def hf_argmax(model, sequences: list[list[int]], starts: list[int]) -> list[list
     preds = []
     for seq, start in zip(sequences, starts):
         logits = model(torch.tensor([seq], device=model.device)).logits[0]
-        preds.append(logits[start - 1:].argmax(-1).tolist())
+        preds.append(logits[start - 1 :].argmax(-1).tolist())
     return preds
 
 
@@ -73,7 +83,9 @@ def engine_argmax(engine: LLMEngine, sequences: list[list[int]], starts: list[in
         next_block += need
         seqs.append(seq)
     if next_block > runner.num_kvcache_blocks:
-        raise ValueError(f"teacher-forced check needs {next_block} KV blocks, the engine has {runner.num_kvcache_blocks}")
+        raise ValueError(
+            f"teacher-forced check needs {next_block} KV blocks, the engine has {runner.num_kvcache_blocks}"
+        )
     preds: list[list[int]] = [[] for _ in seqs]
     items = [(s, s.num_tokens) for s in seqs]
     while items:

@@ -1,4 +1,5 @@
 """Triton kernels vs the torch reference on CUDA at Qwen3-0.6B sizes, bf16 and fp32, plus CUDA-graph replay."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,15 +10,17 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA device", allow_module_level=True)
 pytest.importorskip("triton", reason="Triton is not installed")
 
-from kernels import torch_ref  # noqa: E402
-from kernels.sample_ref import inverse_temperatures, sample_reference  # noqa: E402
-from kernels.triton_decode import paged_decode_attention  # noqa: E402
-from kernels.triton_prefill import paged_prefill_attention  # noqa: E402
-from kernels import qkv_ref  # noqa: E402
-from kernels.triton_qkv import qk_norm_rope_store  # noqa: E402
-from kernels.triton_sample import choose_num_splits, sample  # noqa: E402
-from kernels.triton_store_kv import store_kvcache  # noqa: E402
-from layers.sampler import Sampler  # noqa: E402
+from nanovllm_tui.kernels import (
+    qkv_ref,
+    torch_ref,
+)
+from nanovllm_tui.kernels.sample_ref import inverse_temperatures, sample_reference  # noqa: E402
+from nanovllm_tui.kernels.triton_decode import paged_decode_attention  # noqa: E402
+from nanovllm_tui.kernels.triton_prefill import paged_prefill_attention  # noqa: E402
+from nanovllm_tui.kernels.triton_qkv import qk_norm_rope_store  # noqa: E402
+from nanovllm_tui.kernels.triton_sample import choose_num_splits, sample  # noqa: E402
+from nanovllm_tui.kernels.triton_store_kv import store_kvcache  # noqa: E402
+from nanovllm_tui.layers.sampler import Sampler  # noqa: E402
 
 DEVICE = torch.device("cuda")
 TOL = {torch.bfloat16: 1e-2, torch.float32: 1e-5}
@@ -40,7 +43,7 @@ def paged_cache(context_lens: list[int], block_size: int, head_dim: int, dtype: 
     tables = torch.full((len(context_lens), max(need) + extra_cols), -1, dtype=torch.int32, device=DEVICE)
     used = 0
     for b, n in enumerate(need):
-        tables[b, :n] = perm[used:used + n]
+        tables[b, :n] = perm[used : used + n]
         used += n
     return k_cache, v_cache, tables
 
@@ -55,7 +58,7 @@ def as_ref(*tensors: torch.Tensor) -> list[torch.Tensor]:
 def test_store_kvcache(dtype: torch.dtype, block_size: int) -> None:
     num_tokens, head_dim = 3000, 128
     qkv = torch.randn(num_tokens, NUM_HEADS + 2 * NUM_KV_HEADS, head_dim, dtype=dtype, device=DEVICE)
-    key, value = qkv[:, NUM_HEADS:NUM_HEADS + NUM_KV_HEADS], qkv[:, NUM_HEADS + NUM_KV_HEADS:]
+    key, value = qkv[:, NUM_HEADS : NUM_HEADS + NUM_KV_HEADS], qkv[:, NUM_HEADS + NUM_KV_HEADS :]
     num_blocks = (num_tokens + block_size - 1) // block_size + 4
     slots = torch.randperm(num_blocks * block_size, device=DEVICE)[:num_tokens]
     slots[torch.rand(num_tokens, device=DEVICE) < 0.1] = -1
@@ -78,7 +81,7 @@ def test_prefill_mixed_batch(dtype: torch.dtype, block_size: int, head_dim: int)
     cu = torch.nn.functional.pad(q_lens.cumsum(0), (1, 0)).to(torch.int32)
     k_cache, v_cache, tables = paged_cache([c for c, _ in seqs], block_size, head_dim, dtype)
     q = torch.randn(int(cu[-1]), NUM_HEADS, head_dim, dtype=dtype, device=DEVICE)
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     out = paged_prefill_attention(q, k_cache, v_cache, cu, ctx, tables, scale, max(ql for _, ql in seqs))
     ref = torch_ref.paged_prefill_attention(*as_ref(q, k_cache, v_cache), cu, ctx, tables, scale)
     assert out.dtype == dtype
@@ -95,7 +98,7 @@ def test_decode_mixed_lengths(dtype: torch.dtype, block_size: int, head_dim: int
     ctx = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     k_cache, v_cache, tables = paged_cache(lens, block_size, head_dim, dtype, extra_cols=3)
     q = torch.randn(batch, NUM_HEADS, head_dim, dtype=dtype, device=DEVICE)
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     out = paged_decode_attention(q, k_cache, v_cache, ctx, tables, scale)
     ref = torch_ref.paged_decode_attention(*as_ref(q, k_cache, v_cache), ctx, tables, scale)
     assert out.dtype == dtype
@@ -109,7 +112,7 @@ def test_decode_cuda_graph_replay_with_new_context_lens(batch: int, block_size: 
     k_cache, v_cache, tables = paged_cache([capacity] * batch, block_size, head_dim, dtype)
     ctx = torch.full((batch,), 100, dtype=torch.int32, device=DEVICE)
     q = torch.randn(batch, NUM_HEADS, head_dim, dtype=dtype, device=DEVICE)
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     paged_decode_attention(q, k_cache, v_cache, ctx, tables, scale)  # compile outside capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -128,7 +131,7 @@ def test_decode_cuda_graph_replay_with_new_context_lens(batch: int, block_size: 
         assert rel_err(out[live], ref) <= TOL[dtype]
 
 
-# -- fused attention input side (kernels/triton_qkv.py) ------------------------------------------------------
+# -- fused attention input side (nanovllm_tui/kernels/triton_qkv.py) ------------------------------------------------------
 def qkv_case(num_tokens: int, head_dim: int, dtype: torch.dtype, block_size: int = 16):
     """qkv rows with random norm weights, positions up to 4096, a cache of 0.5 and ~10 % padded (-1) slots."""
     width = (NUM_HEADS + 2 * NUM_KV_HEADS) * head_dim
@@ -163,7 +166,7 @@ def test_qk_norm_rope_store_matches_unfused(dtype: torch.dtype, head_dim: int, q
         else:
             differ = (a != b).float().mean().item()
             assert differ <= (1e-5 if qk_norm else 0.0), f"{differ:.2e} of elements differ"
-            torch.testing.assert_close(a.float(), b.float(), atol=2 ** -6, rtol=2 ** -7)
+            torch.testing.assert_close(a.float(), b.float(), atol=2**-6, rtol=2**-7)
 
 
 def test_qk_norm_rope_store_replays_in_a_cuda_graph() -> None:
@@ -183,10 +186,10 @@ def test_qk_norm_rope_store_replays_in_a_cuda_graph() -> None:
     want = qkv_ref.qk_norm_rope_store(qkv, positions, cos, sin, qw, kw, 1e-6, ref_k, ref_v, slots)
     for a, b in [(q, want), (k_after_replay, ref_k)]:
         assert (a != b).float().mean().item() <= 1e-5
-        torch.testing.assert_close(a.float(), b.float(), atol=2 ** -6, rtol=2 ** -7)
+        torch.testing.assert_close(a.float(), b.float(), atol=2**-6, rtol=2**-7)
 
 
-# -- fused sampler (kernels/triton_sample.py) at Qwen3's vocabulary ---------------------------------------------
+# -- fused sampler (nanovllm_tui/kernels/triton_sample.py) at Qwen3's vocabulary ---------------------------------------------
 VOCAB = 151936
 
 
@@ -268,7 +271,7 @@ def test_sample_seeds_reproduce_differ_and_are_batch_independent() -> None:
 
 def test_sample_frequencies_match_softmax() -> None:
     batch, launches, temperature = 256, 200, 0.6
-    row = (0.5 * torch.randn(VOCAB, device=DEVICE) - 3.0)  # background: ~40% of the mass over 151,928 tokens
+    row = 0.5 * torch.randn(VOCAB, device=DEVICE) - 3.0  # background: ~40% of the mass over 151,928 tokens
     hot = torch.tensor([5, 1023, 1024, 40_000, 77_777, 100_001, 151_000, VOCAB - 1], device=DEVICE)
     row[hot] = torch.tensor([4.0, 3.5, 3.0, 2.5, 2.0, 1.0, 0.0, -1.0], device=DEVICE)
     logits = row.to(torch.bfloat16).expand(batch, -1).contiguous()
@@ -294,8 +297,13 @@ def test_sample_noise_is_gumbel_into_the_tail() -> None:
     batch = 256
     noise = torch.zeros(batch, VOCAB, device=DEVICE)
     seeds, offsets = philox_rows(batch)
-    sample(torch.zeros(batch, VOCAB, device=DEVICE, dtype=torch.bfloat16), torch.ones(batch, device=DEVICE),
-           seeds, offsets, noise_out=noise)
+    sample(
+        torch.zeros(batch, VOCAB, device=DEVICE, dtype=torch.bfloat16),
+        torch.ones(batch, device=DEVICE),
+        seeds,
+        offsets,
+        noise_out=noise,
+    )
     n = noise.numel()
     assert bool(noise.isfinite().all())
     assert abs(float(noise.double().mean()) - 0.5772157) < 1e-3
@@ -303,7 +311,7 @@ def test_sample_noise_is_gumbel_into_the_tail() -> None:
     for g in (4.0, 10.0, 13.0):
         p = 1 - torch.exp(-torch.exp(torch.tensor(-g, dtype=torch.float64)))
         expected = float(n * p)
-        assert abs(int((noise > g).sum()) - expected) < 5 * expected ** 0.5 + 1, g
+        assert abs(int((noise > g).sum()) - expected) < 5 * expected**0.5 + 1, g
 
 
 def test_sample_has_no_host_sync_and_replays_in_a_cuda_graph() -> None:

@@ -1,4 +1,5 @@
 """Tensor parallelism over NCCL: TP=2 and TP=4 give TP=1's greedy tokens in fp32 on a Qwen3-0.6B-architecture model."""
+
 from __future__ import annotations
 
 import gc
@@ -17,7 +18,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.random_model import make_random_model  # noqa: E402
-from engine import LLM, SamplingParams  # noqa: E402
+from nanovllm_tui.engine import LLM, SamplingParams  # noqa: E402
 
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast off (inherited by the spawned workers)
 KW = dict(dtype="float32", kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=512)

@@ -1,0 +1,1 @@
+"""The Textual app (chat, dashboard, bench screen) and the command line."""

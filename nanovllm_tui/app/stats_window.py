@@ -1,0 +1,100 @@
+"""StatsWindow: the StepStats drained from the service, kept as bounded series for the dashboard (no UI code)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from nanovllm_tui.engine.stats import BlockMap, EngineStats, StepStats
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """The dashboard header: what engine is running, fixed for the app's lifetime."""
+
+    model: str
+    device: str
+    dtype: str
+    block_size: int
+    num_blocks: int
+    tensor_parallel_size: int
+    max_model_len: int
+    prefix_caching: bool
+
+    @classmethod
+    def from_llm(cls, llm: Any, model_name: str) -> EngineInfo:
+        cfg, runner = llm.config, llm.model_runner
+        return cls(
+            model=model_name,
+            device=str(runner.device),
+            dtype=str(runner.dtype).removeprefix("torch."),
+            block_size=cfg.kvcache_block_size,
+            num_blocks=llm.block_manager.num_blocks,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            max_model_len=cfg.max_model_len,
+            prefix_caching=cfg.enable_prefix_caching,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptionEvent:
+    wall_time: float
+    step: int
+    request_id: str
+
+
+class StatsWindow:
+    """Recent steps (bounded) plus the cumulative counters; `add` takes whatever the service's ring buffer holds."""
+
+    def __init__(self, maxlen: int = 240, max_events: int = 100):
+        self.steps: deque[StepStats] = deque(maxlen=maxlen)
+        self.events: deque[PreemptionEvent] = deque(maxlen=max_events)
+        self.totals: EngineStats | None = None
+        self.block_map: BlockMap | None = None
+        self.policy: str | None = None
+        self._last_start = float("-inf")
+        self.last_step: int | None = None  # pass to stats_history(since_step=...) to read only new steps
+        self.num_seen = 0
+
+    def add(self, history: Iterable[StepStats], totals: EngineStats | None = None) -> int:
+        """Append the steps not seen yet (the buffer is re-read each tick); returns how many were new."""
+        new = [s for s in history if s.start_time > self._last_start]
+        offset = time.time() - time.monotonic()  # StepStats times are monotonic; the log shows wall clock
+        for s in new:
+            self.steps.append(s)
+            self._last_start = s.start_time
+            self.last_step = s.step
+            self.policy = s.policy
+            if s.block_map is not None:
+                self.block_map = s.block_map
+            for rid in s.preempted_request_ids:
+                self.events.append(PreemptionEvent(s.start_time + offset, s.step, rid))
+        self.num_seen += len(new)
+        if totals is not None:
+            self.totals = totals
+        return len(new)
+
+    @property
+    def latest(self) -> StepStats | None:
+        return self.steps[-1] if self.steps else None
+
+    def series(self, name: str) -> list[float]:
+        return [float(getattr(s, name)) for s in self.steps]
+
+    def hit_rate_series(self) -> list[float]:
+        """Prefix-cache hit rate of each step that looked anything up."""
+        return [s.prefix_cache_hits / s.prefix_cache_queries for s in self.steps if s.prefix_cache_queries]
+
+    def rates(self, now: float | None = None, window: float = 2.0) -> tuple[float, float]:
+        """(prefill, decode) tokens per second over the last `window` seconds of steps; 0 when idle."""
+        now = time.monotonic() if now is None else now
+        recent = [s for s in self.steps if s.start_time >= now - window]
+        if not recent:
+            return 0.0, 0.0
+        span = max(now - recent[0].start_time, recent[-1].start_time + recent[-1].duration - recent[0].start_time)
+        if span <= 0:
+            return 0.0, 0.0
+        return (sum(s.num_prefill_tokens for s in recent) / span, sum(s.num_decode_tokens for s in recent) / span)

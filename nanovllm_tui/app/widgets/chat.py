@@ -1,0 +1,233 @@
+"""A chat session's pane: message list (user text, streamed Markdown answers with folded reasoning) and the prompt box."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Collapsible, Markdown, Static, TextArea
+
+from nanovllm_tui.app.metrics import metrics_line
+from nanovllm_tui.app.session import ChatSession
+from nanovllm_tui.app.text import inert
+
+
+class PromptInput(TextArea):
+    """The prompt box: Enter sends, ctrl+j (or shift+enter where the terminal reports it) inserts a newline."""
+
+    BINDINGS = [Binding("enter", "send", "Send"), Binding("ctrl+j", "newline", "Newline", show=False)]
+
+    class Submitted(Message):
+        def __init__(self, prompt: PromptInput, text: str):
+            super().__init__()
+            self.prompt = prompt
+            self.text = text
+
+    async def _on_key(self, event: events.Key) -> None:
+        # Runs before TextArea._on_key; preventing the default stops TextArea from inserting the newline.
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.action_send()
+        elif event.key in ("ctrl+j", "shift+enter"):
+            event.stop()
+            event.prevent_default()
+            self.action_newline()
+
+    def action_send(self) -> None:
+        self.post_message(self.Submitted(self, self.text))
+
+    def action_newline(self) -> None:
+        self.insert("\n")
+
+
+class UserMessage(Static):
+    """A prompt as plain text (never markup, never terminal control)."""
+
+    def __init__(self, text: str):
+        super().__init__(Text(inert(text)), classes="message user")
+        self.border_title = "you"
+        self.text = text
+
+
+class AnswerView(Vertical):
+    """An assistant answer: reasoning folded away, the answer streamed as Markdown, then a metrics line."""
+
+    def __init__(self, request_id: str):
+        super().__init__(classes="message assistant")
+        self.border_title = "assistant"
+        self.request_id = request_id
+        self.text = ""
+        self.reasoning = ""
+        self._pending = ""  # answer text not yet handed to the Markdown stream
+        self._reasoning_dirty = False
+        self._stream: Any = None
+        self.done = False
+
+    def compose(self) -> ComposeResult:
+        with Collapsible(title="reasoning", collapsed=True, classes="reasoning"):
+            yield Static(classes="reasoning-text")
+        yield Markdown(classes="answer")
+        yield Static(Text("…", style="dim"), classes="metrics")
+
+    def on_mount(self) -> None:
+        self.query_one(".reasoning", Collapsible).display = False
+        self._stream = Markdown.get_stream(self.query_one(".answer", Markdown))
+
+    def add(self, text: str, reasoning: str) -> None:
+        """Buffer deltas; `flush` shows them (only visible panes flush, so hidden tabs cost nothing)."""
+        if text:
+            self.text += text
+            self._pending += inert(text)
+        if reasoning:
+            self.reasoning += reasoning
+            self._reasoning_dirty = True
+
+    async def flush(self) -> None:
+        if self._reasoning_dirty:
+            self._reasoning_dirty = False
+            fold = self.query_one(".reasoning", Collapsible)
+            fold.display = True
+            fold.title = f"reasoning ({len(self.reasoning):,} chars)"
+            self.query_one(".reasoning-text", Static).update(Text(inert(self.reasoning)))
+        if self._pending and self._stream is not None:
+            pending, self._pending = self._pending, ""
+            await self._stream.write(pending)
+
+    async def finish(self, line: str, error: str | None) -> None:
+        """Stop streaming, then one full update so nothing a fragment boundary may have split is lost."""
+        self._pending = ""
+        self._reasoning_dirty = bool(self.reasoning)
+        await self.flush()
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        await self.query_one(".answer", Markdown).update(inert(self.text))
+        metrics = Text(line, style="dim")
+        if error:
+            metrics.append(f"\nerror: {inert(error)}", style="bold red")
+        self.query_one(".metrics", Static).update(metrics)
+        self.done = True
+
+
+class ChatPane(Vertical):
+    """One session's conversation; talks to the engine only through the service (submit / drain / abort)."""
+
+    def __init__(self, session: ChatSession, service: Any, **kwargs):
+        super().__init__(**kwargs)
+        self.session = session
+        self.service = service
+        self.answer: AnswerView | None = None
+
+    def compose(self) -> ComposeResult:
+        yield VerticalScroll(classes="messages")
+        yield PromptInput(
+            id=f"prompt-{self.session.number}", classes="prompt", show_line_numbers=False, soft_wrap=True, compact=True
+        )
+        yield Static(classes="chat-status")
+
+    def on_mount(self) -> None:
+        self.query_one(".messages", VerticalScroll).anchor()
+        self._status()
+
+    @property
+    def prompt(self) -> PromptInput:
+        return self.query_one(PromptInput)
+
+    def _status(self, note: str = "") -> None:
+        s = self.session.settings
+        state = "generating… esc stops" if self.session.busy else "enter sends · ctrl+j newline"
+        text = Text(
+            f"{state}  ·  T={s.temperature:g} top_p={s.top_p:g} top_k={s.top_k} max={s.max_tokens}", style="dim"
+        )
+        if note:
+            text.append(f"  {note}", style="bold red")
+        for status in self.query(".chat-status").results(Static):  # absent while the app shuts down
+            status.update(text)
+
+    async def on_prompt_input_submitted(self, event: PromptInput.Submitted) -> None:
+        event.stop()
+        text = event.text.strip()
+        if not text:
+            return
+        if self.session.busy:
+            self._status("still answering; esc stops it")
+            return
+        event.prompt.clear()
+        await self.send(text)
+
+    async def send(self, text: str) -> None:
+        """Add a user turn and start the answer."""
+        self.session.messages.append({"role": "user", "content": text})
+        await self.query_one(".messages").mount(UserMessage(text))
+        await self._submit()
+
+    async def _submit(self) -> None:
+        session = self.session
+        try:
+            handle = self.service.submit(
+                session.prompt_messages(),
+                session.settings.sampling_params(),
+                request_id=session.next_request_id(),
+                enable_thinking=session.settings.thinking,
+            )
+        except (ValueError, RuntimeError) as exc:
+            self._status(inert(str(exc)))
+            return
+        session.handle = handle
+        self.answer = AnswerView(handle.request_id)
+        await self.query_one(".messages").mount(self.answer)
+        self._status()
+
+    async def pump(self, visible: bool) -> bool:
+        """Drain the live request's deltas (called on the app's timer); True while an answer is streaming."""
+        handle, answer = self.session.handle, self.answer
+        if handle is None or answer is None:
+            return False
+        for out in handle.drain():
+            answer.add(out.text, out.reasoning)
+        if handle.finished:
+            # History first, then mark idle (before any await, so a concurrent pump can't finish it twice).
+            if handle.text or handle.finish_reason != "error":
+                self.session.messages.append({"role": "assistant", "content": handle.text})
+            self.session.handle = None
+            await answer.finish(metrics_line(handle.metrics, handle.finish_reason), handle.error)
+            self._status()
+            return False
+        if visible:
+            await answer.flush()
+        return True
+
+    def stop(self) -> bool:
+        """Abort the answer being generated (its KV blocks are freed by the engine's next step)."""
+        return self.session.handle is not None and self.service.abort(self.session.handle.request_id)
+
+    async def regenerate(self) -> None:
+        """Drop the last answer and ask again with the same history."""
+        if self.session.busy:
+            self._status("still answering; esc stops it first")
+            return
+        msgs = self.session.messages
+        if msgs and msgs[-1]["role"] == "assistant":
+            msgs.pop()
+        if not msgs or msgs[-1]["role"] != "user":
+            self._status("nothing to regenerate yet")
+            return
+        answers = self.query(AnswerView)
+        if answers:
+            await answers.last().remove()
+        await self._submit()
+
+    def last_answer(self) -> str | None:
+        for msg in reversed(self.session.messages):
+            if msg["role"] == "assistant":
+                return msg["content"]
+        return None
+
+    def refresh_status(self) -> None:
+        self._status()

@@ -1,0 +1,1 @@
+"""Scheduling: which requests run each step (Scheduler), their KV blocks (BlockManager), request state (Sequence)."""

@@ -1,0 +1,1 @@
+"""Text: tokenizer, incremental detokenizer, chat templates, reasoning split and prompt checks."""

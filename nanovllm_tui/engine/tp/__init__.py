@@ -1,0 +1,1 @@
+"""Tensor parallelism: rank 0 runner, worker processes and the step channel between them."""
