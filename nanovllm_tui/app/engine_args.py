@@ -19,7 +19,7 @@ POLICIES = ("mixed", "prefill_first")
 SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM")
 
 
-class CliError(Exception):
+class CliError(ValueError):
     """A problem the user fixes by changing the command line; printed as one line, exit status 2."""
 
 
