@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from benchmarks.random_model import make_random_model
+from nanovllm_tui.bench.random_model import make_random_model
 from nanovllm_tui.engine.llm_engine import LLMEngine
 from nanovllm_tui.engine.sampling_params import SamplingParams
 

@@ -16,7 +16,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.random_model import make_random_model
+from nanovllm_tui.bench.random_model import make_random_model
 from nanovllm_tui.engine.llm_engine import LLMEngine
 from nanovllm_tui.engine.sampling_params import SamplingParams
 

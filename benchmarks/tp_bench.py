@@ -78,7 +78,7 @@ def main() -> None:
         return
     import torch
 
-    from benchmarks.random_model import make_random_model
+    from nanovllm_tui.bench.random_model import make_random_model
 
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     gpus = torch.cuda.device_count()
@@ -88,7 +88,7 @@ def main() -> None:
         model_dir = pathlib.Path(args.model_cache) / f"qwen3-{name}"
         if not (model_dir / "config.json").exists():
             print(f"building random-weight qwen3-{name} in {model_dir} ...", flush=True)
-            make_random_model(model_dir, device="cuda" if gpus else "cpu", save_dtype="bfloat16", **MODELS[name])
+            make_random_model(model_dir, device="cuda" if gpus else "cpu", dtype="bfloat16", **MODELS[name])
         for tp in sizes:
             if tp > max(gpus, 1):
                 print(f"skip qwen3-{name} TP={tp}: {gpus} GPU(s) visible", flush=True)

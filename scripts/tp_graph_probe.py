@@ -21,7 +21,7 @@ def say(msg: str) -> None:
 
 if __name__ == "__main__":
     faulthandler.dump_traceback_later(float(os.environ.get("PROBE_DUMP_S", "80")), exit=True)
-    from benchmarks.random_model import make_random_model
+    from nanovllm_tui.bench.random_model import make_random_model
     from nanovllm_tui.engine import LLM, SamplingParams
 
     d = make_random_model(tempfile.mkdtemp(), device="cuda", num_hidden_layers=4)

@@ -46,27 +46,21 @@ TINY_CONFIGS = {
 }
 
 
-def make_tiny_qwen3(path: pathlib.Path, tokenizer_dir: pathlib.Path, seed: int = 0, **overrides) -> pathlib.Path:
-    """A random-weight Qwen3 in the real HF format (config.json + safetensors + the demo model's tokenizer)."""
-    import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+# What every tiny test model shares; large random weights (initializer_range 0.3) so layers move the argmax.
+TINY_QWEN3_BASE = dict(
+    model_type="qwen3",
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+    initializer_range=0.3,
+)
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    params = dict(
-        vocab_size=len(tok),
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
-        initializer_range=0.3,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    params.update(overrides)
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(Qwen3Config(**params)).to(torch.float32)
-    model.save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
+
+def make_tiny_qwen3(path: pathlib.Path, tokenizer_dir: pathlib.Path, seed: int = 0, **overrides) -> pathlib.Path:
+    """A random-weight fp32 Qwen3 in the real HF format with the demo model's tokenizer (bench/random_model.py)."""
+    from nanovllm_tui.bench.random_model import make_random_model
+
+    return make_random_model(path, TINY_QWEN3_BASE, seed=seed, tokenizer_dir=tokenizer_dir, **overrides)
 
 
 @pytest.fixture(scope="session", params=sorted(TINY_CONFIGS))

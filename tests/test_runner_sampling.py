@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.random_model import make_random_model
+from nanovllm_tui.bench.random_model import make_random_model
 from nanovllm_tui.engine.llm_engine import LLMEngine
 from nanovllm_tui.engine.sampling_params import SamplingParams
 from nanovllm_tui.engine.scheduling.sequence import Sequence

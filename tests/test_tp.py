@@ -91,12 +91,10 @@ def tiny_smollm2_dir(tmp_path_factory, demo_model_dir) -> pathlib.Path:
     The real 30-layer SmolLM2 at TP=3 gives the same tokens as TP=1 too, but 3 processes on CI's 2 cores
     make it too slow for the suite; this keeps what TP exercises (the 9/3 split) at a fraction of the cost.
     """
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from nanovllm_tui.bench.random_model import make_random_model
 
-    tok = AutoTokenizer.from_pretrained(demo_model_dir)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
+    cfg = dict(
+        model_type="llama",
         hidden_size=144,
         intermediate_size=96,
         num_hidden_layers=2,
@@ -105,14 +103,9 @@ def tiny_smollm2_dir(tmp_path_factory, demo_model_dir) -> pathlib.Path:
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         initializer_range=0.3,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
     )
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("smollm2-tiny")
-    LlamaForCausalLM(cfg).to(torch.float32).save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
+    return make_random_model(path, cfg, tokenizer_dir=demo_model_dir)
 
 
 def test_smollm2_layout_tp3_matches_tp1(tiny_smollm2_dir) -> None:

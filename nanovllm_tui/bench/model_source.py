@@ -1,9 +1,9 @@
-"""The model a benchmark runs: a checkpoint dir (--model), or random weights of an architecture (--config JSON).
+"""The model a benchmark runs: a checkpoint dir (--model), random weights of an architecture (--config JSON),
+or, given neither, the app's demo model.
 
 Throughput with ignore_eos does not depend on weight values, so `--config` builds the architecture with
-transformers' random init, saves it as a normal HF dir (safetensors) under the cache, and reuses it after.
-The engine loads a tokenizer from the model dir; the benchmark sends token ids, so a generated dir gets a
-minimal word-level tokenizer whose vocabulary covers every id of the config (`<0>`, `<1>`, ...).
+transformers' random init (bench/random_model.py), saves it as a normal HF dir under the cache, and reuses it
+after. The benchmark sends token ids, so a generated dir gets a minimal word-level tokenizer.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
+
+from nanovllm_tui.bench.random_model import save_minimal_tokenizer, save_random_model
 
 _MARKER = ".complete"
 
@@ -62,53 +65,21 @@ def random_model_dir(config_path: str, cache_dir: str | os.PathLike | None = Non
     return target
 
 
-def save_random_model(
-    cfg: dict, path: str | os.PathLike, seed: int = 0, device: str | None = None, dtype: str | None = None
-) -> None:
-    """transformers' random init of the architecture in cfg, saved as an HF dir (config.json + safetensors).
-
-    The init runs in fp32 (on the GPU when there is one: much faster) and is then cast to `dtype` (default:
-    the config's), so one seed gives the same weights whatever dtype they are saved in.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = dict(cfg)
-    hf_config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-    name = str(dtype or cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16").removeprefix("torch.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
-    model.to(getattr(torch, name, torch.bfloat16)).save_pretrained(path, safe_serialization=True)
-    del model
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-
-
-def save_minimal_tokenizer(cfg: dict, path: str | os.PathLike) -> None:
-    """A word-level tokenizer with one token per id: every id the model can emit decodes (to `<id>`)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab_size = cfg.get("vocab_size") or cfg.get("text_config", {}).get("vocab_size")
-    vocab = {f"<{i}>": i for i in range(vocab_size)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<0>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.Fuse()
-    eos = cfg.get("eos_token_id")
-    eos = eos[0] if isinstance(eos, list) else eos
-    special = {"eos_token": f"<{eos}>"} if isinstance(eos, int) and 0 <= eos < vocab_size else {}
-    PreTrainedTokenizerFast(tokenizer_object=tok, **special).save_pretrained(path)
-
-
 def resolve_model(model: str | None, config: str | None, cache_dir: str | None = None) -> pathlib.Path:
-    """--model DIR as given, or the random-weight dir for --config JSON; exactly one of them."""
-    if (model is None) == (config is None):
-        raise ValueError("pass exactly one of --model DIR (a checkpoint) or --config JSON (random weights)")
+    """--model DIR checked cheaply, the random-weight dir for --config JSON, or (neither) the demo model."""
+    from nanovllm_tui.app.engine_args import check_model_dir
+
+    if model is not None and config is not None:
+        raise ValueError("pass one of --model DIR (a checkpoint) or --config JSON (random weights), not both")
+    if config is not None:
+        return random_model_dir(config, cache_dir)
     if model is not None:
         path = pathlib.Path(model).expanduser()
-        if not (path / "config.json").is_file():
-            raise ValueError(f"--model {model!r} has no config.json; point it at a Hugging Face model directory")
+        check_model_dir(str(path))
         return path
-    return random_model_dir(config, cache_dir)
+    from nanovllm_tui.engine.demo_model import DemoModelError, ensure_demo_model
+
+    try:
+        return ensure_demo_model(progress=lambda msg: print(f"demo model: {msg}", file=sys.stderr))
+    except DemoModelError as exc:
+        raise ValueError(str(exc)) from None

@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 
 from engine_checks import agreement, engine_argmax, engine_greedy, hf_argmax, hf_continuations, hf_model, random_prompts  # noqa: E402
 
-from benchmarks.random_model import make_random_model  # noqa: E402
+from nanovllm_tui.bench.random_model import make_random_model  # noqa: E402
 from nanovllm_tui.engine.llm_engine import LLMEngine  # noqa: E402
 from nanovllm_tui.engine.sampling_params import SamplingParams  # noqa: E402
 

@@ -17,7 +17,7 @@ if not torch.cuda.is_available():
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.random_model import make_random_model  # noqa: E402
+from nanovllm_tui.bench.random_model import make_random_model  # noqa: E402
 from nanovllm_tui.engine import LLM, SamplingParams  # noqa: E402
 
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast off (inherited by the spawned workers)
