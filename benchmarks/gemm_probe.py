@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,10 @@ def triton_linear(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.
     M, K = x.shape
     N = w.shape[0]
     kernel = _direct if out.dtype == x.dtype else _split
-    grid = lambda meta: (N // meta["BLOCK_N"], triton.cdiv(M, meta["BLOCK_M"]), meta["SPLIT_K"])
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return N // meta["BLOCK_N"], triton.cdiv(M, meta["BLOCK_M"]), meta["SPLIT_K"]
+
     kernel[grid](x, w, out, M, N, K, x.stride(0), w.stride(0), out.stride(0))
     return out
 
@@ -93,9 +97,9 @@ def main() -> None:
         triton_linear(x, w, out16)  # autotune both
         triton_linear(x, w, out32)
         err = float((triton_linear(x, w, out16).float() - ref.float()).abs().max())
-        t_ref = do_bench(lambda: F.linear(x, w), warmup=25, rep=100, return_mode="median")
-        t_dir = do_bench(lambda: triton_linear(x, w, out16), warmup=25, rep=100, return_mode="median")
-        t_spl = do_bench(lambda: triton_linear(x, w, out32), warmup=25, rep=100, return_mode="median")
+        t_ref = do_bench(partial(F.linear, x, w), warmup=25, rep=100, return_mode="median")
+        t_dir = do_bench(partial(triton_linear, x, w, out16), warmup=25, rep=100, return_mode="median")
+        t_spl = do_bench(partial(triton_linear, x, w, out32), warmup=25, rep=100, return_mode="median")
         best = min(t_dir, t_spl)
         totals[m][0] += t_ref
         totals[m][1] += best

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from functools import partial
 
 from transformers import AutoTokenizer
 
@@ -20,6 +21,16 @@ def ms(fn) -> float:
     start = time.perf_counter()
     fn()
     return (time.perf_counter() - start) * 1e3
+
+
+def _build(holder: list[IncrementalDetokenizer], tok, stops: list[str]) -> None:
+    holder.append(IncrementalDetokenizer(tok, stops))
+
+
+def _stream(d: IncrementalDetokenizer, ids: list[int]) -> None:
+    for t in ids:
+        d.add_tokens([t])
+        d.take_delta()
 
 
 def main() -> None:
@@ -56,15 +67,8 @@ def main() -> None:
     for count, length in ((0, 0), (10, 8), (5000, 12), (5000, 1024)):
         stops = ["\u2603" + "".join(rng.choice("abcdefghij") for _ in range(max(0, length - 1))) for _ in range(count)]
         holder: list[IncrementalDetokenizer] = []
-        build = ms(lambda: holder.append(IncrementalDetokenizer(tok, stops)))
-        d = holder[0]
-
-        def stream() -> None:
-            for t in ids:
-                d.add_tokens([t])
-                d.take_delta()
-
-        per_token = ms(stream) / len(ids)
+        build = ms(partial(_build, holder, tok, stops))
+        per_token = ms(partial(_stream, holder[0], ids)) / len(ids)
         print(f"| {count} x {length} chars | {build:.1f} | {per_token:.3f} |")
 
 

@@ -6,6 +6,7 @@ import argparse
 import itertools
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,7 @@ def run_decode(copy_gbs: float) -> None:
         splits = triton_decode.choose_num_splits(
             batch, NUM_KV_HEADS, tables.shape[1], block_size, triton_decode._num_sms(0)
         )
-        ms = bench_ms(lambda: triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, HEAD_DIM**-0.5))
+        ms = bench_ms(partial(triton_decode.paged_decode_attention, q, k_cache, v_cache, ctx, tables, HEAD_DIM**-0.5))
         gbs = decode_bytes(batch, context) / ms / 1e6
         print(
             f"{batch:>6} {context:>8} {block_size:>6} {splits:>6} {ms * 1e3:>9.1f} {gbs:>7.0f} {gbs / copy_gbs:>8.1%}"
@@ -92,10 +93,8 @@ def split_sweep(copy_gbs: float) -> None:
         q, k_cache, v_cache, ctx, tables = decode_case(batch, lens, 256, table_tokens=4096)
         row = []
         for splits in counts:
-            ms = bench_ms(
-                lambda: triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, 0.1, num_splits=splits),
-                rep=50,
-            )
+            attend = partial(triton_decode.paged_decode_attention, q, k_cache, v_cache, ctx, tables, 0.1)
+            ms = bench_ms(partial(attend, num_splits=splits), rep=50)
             row.append(decode_bytes(batch, lens) / ms / 1e6 / copy_gbs)
         print(f"{batch:>6} " + " ".join(f"{r:>6.1%}" for r in row))
         del q, k_cache, v_cache
@@ -140,6 +139,11 @@ def run_prefill(block_size: int, rep: int = 200) -> None:
     )
 
 
+def _fixed(config: tuple[int, ...], *_: object) -> tuple[int, ...]:
+    """A kernel's `_config` chooser that always answers `config` (bound with partial for a sweep)."""
+    return config
+
+
 def sweep(copy_gbs: float, seconds: float) -> None:
     """Try tile/warp/stage/split settings for both kernels (to tune the defaults), prefill first, within `seconds`."""
     deadline = time.monotonic() + seconds
@@ -148,7 +152,7 @@ def sweep(copy_gbs: float, seconds: float) -> None:
     for block_m, block_n, warps, stages in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3)):
         if time.monotonic() > deadline:
             break
-        triton_prefill._config = lambda *_: (block_m, block_n, warps, stages)
+        triton_prefill._config = partial(_fixed, (block_m, block_n, warps, stages))
         print(f"  {block_m} {block_n} {warps} {stages}:", end=" ")
         try:
             run_prefill(256, rep=50)
@@ -168,8 +172,8 @@ def sweep(copy_gbs: float, seconds: float) -> None:
         ):
             if time.monotonic() > deadline:
                 break
-            triton_decode._config = lambda *_: (block_n, warps, stages)
-            fn = lambda: triton_decode.paged_decode_attention(q, k_cache, v_cache, ctx, tables, 0.1, num_splits=splits)
+            triton_decode._config = partial(_fixed, (block_n, warps, stages))
+            fn = partial(triton_decode.paged_decode_attention, q, k_cache, v_cache, ctx, tables, 0.1, num_splits=splits)
             try:
                 ms = bench_ms(fn, rep=40)
             except Exception as exc:

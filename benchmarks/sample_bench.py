@@ -12,6 +12,7 @@ import argparse
 import statistics
 import sys
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -68,8 +69,8 @@ def run_table(vocab: int, iters: int) -> None:
         for temperature in TEMPERATURES:
             logits, temps, seeds, offsets = inputs(batch, vocab, temperature)
             greedy = temperature == 0
-            old_us = time_us(lambda: old_path(sampler, logits, temps, greedy), iters)
-            new_us = time_us(lambda: sample(logits, temps, seeds, offsets), iters)
+            old_us = time_us(partial(old_path, sampler, logits, temps, greedy), iters)
+            new_us = time_us(partial(sample, logits, temps, seeds, offsets), iters)
             nbytes = logits.numel() * logits.element_size()
             print(
                 f"{batch:>6} {temperature:>5} {old_us:>9.1f} {nbytes / old_us / 1e3:>9.0f} "
@@ -99,12 +100,8 @@ def run_sweep(vocab: int, iters: int) -> None:
                     cells = []
                     for splits in sorted({s for s in (1, 2, 4, 8, 16, 32, 64, 128) if s <= num_tiles} | {default}):
                         for w in (2, 4, 8):
-                            us = time_us(
-                                lambda: triton_sample.sample(
-                                    logits, temps, seeds, offsets, num_splits=splits, num_warps=w
-                                ),
-                                iters,
-                            )
+                            run = partial(triton_sample.sample, logits, temps, seeds, offsets)
+                            us = time_us(partial(run, num_splits=splits, num_warps=w), iters)
                             cells.append((us, f"s{splits}w{w}"))
                     best = sorted(cells)[:4]
                     warps = triton_sample.NUM_WARPS

@@ -35,15 +35,19 @@ def summarize(path: str) -> list[str]:
             fl = doc["floor"]
             lines += [
                 "",
-                f"Floor: memory {fl['memory_floor_tok_s']:,.0f} tok/s at {fl['bandwidth_gbs']:,.0f} GB/s "
-                f"({fl['bandwidth_source']}), achieved {fl['memory_fraction']:.3g}; compute "
-                f"{fl['compute_floor_tok_s']:,.0f} tok/s at {fl['peak_tflops']:.4g} TFLOPS ({fl['peak_source']}), "
-                f"achieved {fl['compute_fraction']:.3g}.",
+                (
+                    f"Floor: memory {fl['memory_floor_tok_s']:,.0f} tok/s at {fl['bandwidth_gbs']:,.0f} GB/s "
+                    f"({fl['bandwidth_source']}), achieved {fl['memory_fraction']:.3g}; compute "
+                    f"{fl['compute_floor_tok_s']:,.0f} tok/s at {fl['peak_tflops']:.4g} TFLOPS ({fl['peak_source']}), "
+                    f"achieved {fl['compute_fraction']:.3g}."
+                ),
             ]
     if "online" in doc:
         lines += [
-            "| policy | rate req/s | max in flight | mean in flight | out tok/s | TTFT p50/p99 ms | "
-            "ITL p50/p90/p99 ms | ITL p99/p50 | E2E p50/p99 s |",
+            (
+                "| policy | rate req/s | max in flight | mean in flight | out tok/s | TTFT p50/p99 ms | "
+                "ITL p50/p90/p99 ms | ITL p99/p50 | E2E p50/p99 s |"
+            ),
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for policy, r in doc["online"].items():
@@ -57,7 +61,7 @@ def summarize(path: str) -> list[str]:
                 f"{_f(e2e['p50'] / 1e3 if e2e['p50'] else None, '.2f')} / "
                 f"{_f(e2e['p99'] / 1e3 if e2e['p99'] else None, '.2f')} |"
             )
-    return lines + [""]
+    return [*lines, ""]
 
 
 if __name__ == "__main__":
