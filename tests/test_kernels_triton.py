@@ -245,11 +245,11 @@ def test_mixed_batch_in_graph_layout_matches_reference(seed: int) -> None:
 
     from nanovllm_tui.engine.execution.cuda_graph import CUDAGraphRunner
     from nanovllm_tui.engine.execution.input_builder import InputBuilder
-    from nanovllm_tui.engine.execution.model_runner import _decodes_first
+    from nanovllm_tui.engine.execution.step import decodes_first
 
     rng = random.Random(seed)
     block_size, kv_heads, heads, head_dim, num_blocks = 16, 2, 4, 16, 64
-    items = _decodes_first(_mixed_items(rng, rng.randint(1, 4), rng.randint(1, 3), block_size, num_blocks))
+    items = decodes_first(_mixed_items(rng, rng.randint(1, 4), rng.randint(1, 3), block_size, num_blocks))
     num_tokens = sum(n for _, n in items)
     graphs = CUDAGraphRunner(
         forward=None,

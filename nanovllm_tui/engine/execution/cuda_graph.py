@@ -15,8 +15,12 @@ from collections.abc import Callable
 
 import torch
 
+from nanovllm_tui.engine.config import Config
 from nanovllm_tui.engine.execution.input_layout import DeviceBuffers, Layout
 from nanovllm_tui.kernels.metadata import AttentionMetadata
+from nanovllm_tui.layers.parallel_state import get_tp_size
+from nanovllm_tui.layers.sampler import fused_sampler
+from nanovllm_tui.models.llama import LlamaForCausalLM
 
 # Sampling graphs: (hidden [rows, H], temperatures fp32 [rows], seeds int64 [rows], offsets int64 [rows]) -> tokens.
 SampleFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -192,3 +196,39 @@ class CUDAGraphRunner:
         self.graphs[key].replay()
         self.num_replays += 1
         return self.outputs[key]
+
+
+def capture_graphs(
+    model: LlamaForCausalLM, cfg: Config, device: torch.device, block_size: int, backend_name: str
+) -> CUDAGraphRunner | None:
+    """Decode graphs on CUDA with a capturable backend, unless enforce_eager; after the KV cache exists."""
+    if cfg.enforce_eager or device.type != "cuda" or backend_name not in GRAPH_BACKENDS:
+        return None
+    mixed_tokens = cfg.max_num_batched_tokens if backend_name in MIXED_GRAPH_BACKENDS else 0
+    graphs = CUDAGraphRunner(
+        model,
+        device,
+        cfg.max_num_seqs,
+        cfg.max_model_len,
+        block_size,
+        mixed_tokens,
+        graph_sampler(model),
+    )
+    graphs.capture()
+    return graphs
+
+
+def graph_sampler(model: LlamaForCausalLM) -> SampleFn | None:
+    """What the sampling graphs capture: LM head + the fused sampler, exactly as execute + sample_device
+    run them for a decode batch without top-k / top-p; None (no sampling graphs) where the fused sampler
+    is unavailable, or with tensor parallelism (the LM head's gather would need every rank to replay)."""
+    fused = fused_sampler()
+    if fused is None or get_tp_size() > 1:
+        return None
+
+    def sample(
+        hidden: torch.Tensor, temperatures: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tensor
+    ) -> torch.Tensor:
+        return fused(model.compute_logits(hidden), temperatures, seeds, offsets)
+
+    return sample

@@ -3,62 +3,32 @@
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from nanovllm_tui.engine.config import Config
 from nanovllm_tui.engine.devices import resolve_device, resolve_dtype
-from nanovllm_tui.engine.execution.cuda_graph import GRAPH_BACKENDS, MIXED_GRAPH_BACKENDS, CUDAGraphRunner, SampleFn
+from nanovllm_tui.engine.execution import kv_cache
+from nanovllm_tui.engine.execution.cuda_graph import CUDAGraphRunner, capture_graphs
 from nanovllm_tui.engine.execution.input_builder import InputBuilder
 from nanovllm_tui.engine.execution.loader import load_model
+from nanovllm_tui.engine.execution.step import StepInputs, StepItems, StepRunner
 from nanovllm_tui.engine.sampling_params import SamplingParams
 from nanovllm_tui.engine.scheduling.sequence import Sequence
 from nanovllm_tui.kernels.backend import get_backend
 from nanovllm_tui.kernels.metadata import AttentionMetadata
+from nanovllm_tui.layers.attention import Attention
 from nanovllm_tui.layers.compiled import compile_small_ops
 from nanovllm_tui.layers.parallel_state import get_tp_rank, get_tp_size
-from nanovllm_tui.layers.sampler import Sampler, fused_sampler
+from nanovllm_tui.layers.sampler import Sampler
 from nanovllm_tui.models import get_model_class
 
-DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 
+class ModelRunner(StepRunner):
+    """One rank's model, KV cache, input builder, CUDA graphs and sampler; steps through StepRunner."""
 
-@dataclass
-class StepInputs:
-    """Everything one forward and its sampling need, as tensors on the model's device."""
-
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    meta: AttentionMetadata
-    sample_rows: torch.Tensor
-    temperatures: torch.Tensor
-    top_ks: torch.Tensor | None = None
-    top_ps: torch.Tensor | None = None
-    generators: list[torch.Generator | None] | None = None
-    seeds: torch.Tensor | None = None  # int64 [samples]: per-row Philox keys for the fused CUDA sampler
-    offsets: torch.Tensor | None = None  # int64 [samples]: per-row Philox counters (token positions)
-    all_greedy: bool = False  # decided on the host, so sampling needs no device read
-    graph_bucket: int = 0  # > 0: inputs sit in that CUDA graph's static buffers; replay it
-    graph_tokens: int = 0  # > 0: a mixed batch in the mixed graph of this many tokens; replay it
-    num_rows: int = 0  # real rows (a graph bucket pads past them)
-    graph_sample: bool = False  # a decode graph bucket whose sampling graph samples every row (see launch)
-
-
-@dataclass
-class PendingStep:
-    """A launched step: its items (and their row order), and its sampled tokens on their way to the host."""
-
-    items: list[tuple[Sequence, int]]
-    ordered: list[tuple[Sequence, int]]
-    tokens: torch.Tensor | None  # device, one per sampled row in row order; -1 = non-finite logits
-    host: torch.Tensor | None = None  # pinned copy (CUDA), valid once `ready` has happened
-    ready: torch.cuda.Event | None = None
-
-
-class ModelRunner:
     def __init__(self, config: Config):
+        super().__init__(config.max_num_seqs)
         self.config = config
         hf = config.hf_config
         self.device = resolve_device(config.device)
@@ -78,12 +48,15 @@ class ModelRunner:
         self.model.eval()
         self.compiled = config.compile_small_ops and compile_small_ops(self.model, self.device, self.dtype)
         self.sampler = Sampler()
-        self.attention_layers = [m for m in self.model.modules() if m.__class__.__name__ == "Attention"]
+        self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.backend = get_backend(config.attention_backend, self.device, self.block_size)
         self.inputs = InputBuilder(self.device, self.block_size)
         self.cuda_graphs: CUDAGraphRunner | None = None
+        # Each sampled row's generator for the last samplers list (a decode run passes the same list again).
+        self._last_generators: tuple[list[Sequence], list[torch.Generator | None] | None] | None = None
+        self.kv_cache = torch.tensor([])
         self.num_kvcache_blocks = self._allocate_kv_cache()
-        self.cuda_graphs = self._capture_cuda_graphs()
+        self.cuda_graphs = capture_graphs(self.model, config, self.device, self.block_size, self.backend.name)
         self._warm_up_sampler()
 
     @torch.inference_mode()
@@ -99,40 +72,6 @@ class ModelRunner:
             self.sampler(logits, torch.ones(rows, device=self.device), None, None, seeds=ids, offsets=ids)
         torch.cuda.synchronize(self.device)
 
-    def _capture_cuda_graphs(self) -> CUDAGraphRunner | None:
-        """Decode graphs on CUDA with a capturable backend, unless enforce_eager; after the KV cache exists."""
-        cfg = self.config
-        if cfg.enforce_eager or self.device.type != "cuda" or self.backend.name not in GRAPH_BACKENDS:
-            return None
-        mixed_tokens = cfg.max_num_batched_tokens if self.backend.name in MIXED_GRAPH_BACKENDS else 0
-        graphs = CUDAGraphRunner(
-            self.model,
-            self.device,
-            cfg.max_num_seqs,
-            cfg.max_model_len,
-            self.block_size,
-            mixed_tokens,
-            self._graph_sampler(),
-        )
-        graphs.capture()
-        return graphs
-
-    def _graph_sampler(self) -> SampleFn | None:
-        """What the sampling graphs capture: LM head + the fused sampler, exactly as execute + sample_device
-        run them for a decode batch without top-k / top-p; None (no sampling graphs) where the fused sampler
-        is unavailable, or with tensor parallelism (the LM head's gather would need every rank to replay)."""
-        fused = fused_sampler()
-        if fused is None or get_tp_size() > 1:
-            return None
-        model = self.model
-
-        def sample(
-            hidden: torch.Tensor, temperatures: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tensor
-        ) -> torch.Tensor:
-            return fused(model.compute_logits(hidden), temperatures, seeds, offsets)
-
-        return sample
-
     def release_cuda_graphs(self) -> None:
         """Drop the captured graphs and their memory pool (before a tensor-parallel group is destroyed:
         graphs that captured NCCL collectives keep the communicator busy)."""
@@ -146,36 +85,7 @@ class ModelRunner:
 
     # -- KV cache ----------------------------------------------------------------------------
     def _block_bytes(self) -> int:
-        attn = self.attention_layers[0]
-        per_token = 2 * len(self.attention_layers) * attn.num_kv_heads * attn.head_dim
-        return per_token * self.block_size * self.dtype.itemsize
-
-    def _num_blocks(self) -> int:
-        cfg = self.config
-        block_bytes = self._block_bytes()
-        if cfg.num_kvcache_blocks is not None:
-            return cfg.num_kvcache_blocks
-        if cfg.kv_cache_memory is not None:
-            num = cfg.kv_cache_memory // block_bytes
-            if num < 1:
-                raise ValueError(
-                    f"kv_cache_memory={cfg.kv_cache_memory} bytes holds no block of {block_bytes} bytes; "
-                    "raise --kv-cache-memory or lower --block-size"
-                )
-            return num
-        if self.device.type == "cuda":
-            peak = self._measure_activation_peak()
-            free, total = torch.cuda.mem_get_info(self.device)
-            used = total - free
-            budget = int(total * cfg.gpu_memory_utilization) - used - peak
-            num = budget // block_bytes
-            if num < 1:
-                raise ValueError(
-                    f"no GPU memory left for the KV cache at gpu_memory_utilization="
-                    f"{cfg.gpu_memory_utilization}; raise --gpu-memory-utilization"
-                )
-            return num
-        return max(1, DEFAULT_CPU_KV_CACHE_BYTES // block_bytes)
+        return kv_cache.block_bytes(self.attention_layers, self.block_size, self.dtype)
 
     def _measure_activation_peak(self) -> int:
         """Peak memory of a max-size prefill forward plus sampling max_num_seqs rows, measured on a scratch cache."""
@@ -208,34 +118,26 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - base - scratch_bytes
         del scratch
-        self.kv_cache = torch.tensor([])
-        for layer in self.attention_layers:
-            layer.k_cache = layer.v_cache = self.kv_cache
+        self.kv_cache = kv_cache.unbind_kv_cache(self.attention_layers)
         torch.cuda.empty_cache()
         return max(peak, 0)
 
     def _bind_kv_cache(self, num_blocks: int) -> torch.Tensor:
         """Allocate a [2, layers, blocks, block_size, kv_heads, head_dim] cache and point every layer at it."""
-        attn = self.attention_layers[0]
-        shape = (2, len(self.attention_layers), num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim)
-        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        for i, layer in enumerate(self.attention_layers):
-            layer.k_cache, layer.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
-            layer.backend = self.backend
+        self.kv_cache = kv_cache.bind_kv_cache(
+            self.attention_layers, self.backend, num_blocks, self.block_size, self.dtype, self.device
+        )
         return self.kv_cache
 
     def _allocate_kv_cache(self) -> int:
-        num_blocks = self._num_blocks()
-        if get_tp_size() > 1:  # every rank must hold the same blocks: agree on the smallest count
-            agreed = torch.tensor([num_blocks], device=self.device)
-            dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-            num_blocks = int(agreed.item())
+        num_blocks = kv_cache.num_blocks(self.config, self.device, self._block_bytes(), self._measure_activation_peak)
+        num_blocks = kv_cache.agree_on_blocks(num_blocks, self.device)
         try:
             self._bind_kv_cache(num_blocks)
         except (RuntimeError, MemoryError) as exc:
             raise ValueError(
                 f"cannot allocate a KV cache of {num_blocks} blocks "
-                f"({num_blocks * self._block_bytes() / 2**30:.2f} GiB): {_first_line(exc)}; lower "
+                f"({num_blocks * self._block_bytes() / 2**30:.2f} GiB): {kv_cache.first_line(exc)}; lower "
                 "--num-kvcache-blocks / --kv-cache-memory / --gpu-memory-utilization"
             ) from exc
         return num_blocks
@@ -247,8 +149,15 @@ class ModelRunner:
         tensors = [*self.model.parameters(), self.kv_cache]
         return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
+    def rank_memory_bytes(self) -> list[int]:
+        """memory_bytes, as the one rank's entry."""
+        return [self.memory_bytes()]
+
+    def shutdown(self) -> None:
+        """Nothing to stop: one rank in this process (the Runner protocol's shutdown)."""
+
     # -- one step ------------------------------------------------------------------------------
-    def prepare(self, items: list[tuple[Sequence, int]], ahead: bool = False) -> StepInputs:
+    def prepare(self, items: StepItems, ahead: bool = False) -> StepInputs:
         """Flatten (sequence, num tokens) pairs into input ids, positions, attention metadata and sampling rows.
 
         ahead: decode rows one token past each sequence's host state (pipelined decoding; ids left for the caller).
@@ -288,16 +197,17 @@ class ModelRunner:
             graph_sample=bool(b.graph_bucket)
             and not (b.use_top_k or b.use_top_p)
             and b.num_samples == b.num_rows
+            and graphs is not None
             and graphs.can_sample(b.graph_bucket),
         )
 
     def _generators(self, samplers: list[Sequence]) -> list[torch.Generator | None] | None:
         """Each sampled row's torch.Generator, or None if no row has one; the same list again (a decode run)
         is not re-read."""
-        last = self.__dict__.get("_last_generators")
+        last = self._last_generators
         if last is not None and last[0] is samplers:
             return last[1]
-        gens = [s.generator for s in samplers]
+        gens: list[torch.Generator | None] | None = [s.generator for s in samplers]
         if all(g is None for g in gens):
             gens = None
         self._last_generators = (samplers, gens)
@@ -307,7 +217,7 @@ class ModelRunner:
     def execute(self, inputs: StepInputs) -> torch.Tensor | None:
         """The forward on every rank: hidden states, then logits of the rows to sample (None if none)."""
         if inputs.graph_bucket or inputs.graph_tokens:
-            hidden = self.cuda_graphs.replay(inputs.graph_bucket, inputs.graph_tokens)
+            hidden = self._graphs().replay(inputs.graph_bucket, inputs.graph_tokens)
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
         num_samples = inputs.sample_rows.numel()
@@ -340,81 +250,16 @@ class ModelRunner:
         """sample_device, read back to the host."""
         return self.sample_device(logits, inputs).tolist()
 
-    def _host_tokens(self, n: int) -> torch.Tensor:
-        """Pinned host room for one step's sampled tokens; two alternate (at most two steps are in flight)."""
-        bufs = self.__dict__.setdefault("_pinned_tokens", [])
-        if not bufs or bufs[0].numel() < n:
-            size = max(n, self.config.max_num_seqs)
-            bufs[:] = [torch.empty(size, dtype=torch.int64, pin_memory=True) for _ in range(2)]
-        bufs.reverse()
-        return bufs[0]
+    def replay_sampled(self, bucket: int) -> torch.Tensor:
+        """The decode and sampling graphs of `bucket` rows (a graph_sample step: graphs were captured)."""
+        return self._graphs().replay_sampled(bucket)
 
-    def launch(
-        self, items: list[tuple[Sequence, int]], after: PendingStep | None = None, keep: list[int] | None = None
-    ) -> PendingStep:
-        """Start one step without waiting for it: prepare, forward, sample; the tokens come back in collect().
+    @property
+    def copy_stream(self) -> torch.cuda.Stream | None:
+        return self.inputs.stream
 
-        after: the decode step still in flight whose sampled tokens are this step's input ids (pipelined
-        decoding: the items are `after`'s rows, or those at `keep`, each one token further on).
-        """
-        ordered = _decodes_first(items) if after is None else items
-        inputs = self.prepare(ordered, ahead=after is not None)
-        if after is not None:
-            src = after.tokens
-            if keep is not None:
-                src = src[torch.tensor(keep, dtype=torch.int64).to(src.device, non_blocking=True)]
-            with torch.inference_mode():
-                inputs.input_ids[: len(ordered)].copy_(src.clamp(min=0))  # -1 rows fail; any valid id will do
-        if inputs.graph_sample:  # two graph replays: forward, then LM head + sampler
-            tokens = self.cuda_graphs.replay_sampled(inputs.graph_bucket)[: inputs.num_rows]
-        else:
-            logits = self.execute(inputs)
-            tokens = self.sample_device(logits, inputs) if logits is not None else None
-        host = ready = None
-        if tokens is not None and tokens.is_cuda:
-            host = self._host_tokens(tokens.numel())
-            host[: tokens.numel()].copy_(tokens, non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record(self.inputs.stream)
-        return PendingStep(items, ordered, tokens, host, ready)
-
-    def collect(self, step: PendingStep) -> list[int | None]:
-        """Wait for a launched step's tokens: one per item whose tokens are now all computed, else None."""
-        if step.tokens is None:
-            sampled = []
-        elif step.ready is not None:
-            step.ready.synchronize()
-            sampled = step.host[: step.tokens.numel()].tolist()
-        else:
-            sampled = step.tokens.tolist()
-        ordered, items = step.ordered, step.items
-        if len(sampled) == len(ordered):  # every row sampled (decode steps)
-            if ordered is items:
-                return sampled
-            by_seq = {id(seq): tok for (seq, _), tok in zip(ordered, sampled)}
-            return [by_seq[id(seq)] for seq, _ in items]
-        it = iter(sampled)
-        by_seq = {id(seq): (next(it) if seq.num_computed_tokens + n == seq.num_tokens else None) for seq, n in ordered}
-        return [by_seq[id(seq)] for seq, _ in items]
-
-    def run(self, items: list[tuple[Sequence, int]]) -> list[int | None]:
-        """One step: a sampled token for each item whose tokens are now all computed, else None."""
-        return self.collect(self.launch(items))
-
-
-def _decodes_first(items: list[tuple[Sequence, int]]) -> list[tuple[Sequence, int]]:
-    """The items with one-query rows moved to the front (stable), or `items` itself if they already are:
-    attention backends send those leading rows of a mixed batch to their decode kernel."""
-    seen_multi = False
-    for _, n in items:
-        if n != 1:
-            seen_multi = True
-        elif seen_multi:
-            return [it for it in items if it[1] == 1] + [it for it in items if it[1] != 1]
-    return items
-
-
-def _first_line(exc: BaseException) -> str:
-    """An allocator's error on one line (CUDA OOM messages span several), so the ValueError stays one line."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    def _graphs(self) -> CUDAGraphRunner:
+        """The captured graphs, for a step whose inputs name a graph (the builder only does so when there are)."""
+        if self.cuda_graphs is None:
+            raise RuntimeError("a CUDA-graph step ran after the graphs were released")
+        return self.cuda_graphs

@@ -14,6 +14,8 @@ import datetime
 import multiprocessing as mp
 import os
 import weakref
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any
 
 import torch
@@ -21,10 +23,13 @@ import torch.distributed as dist
 
 from nanovllm_tui.engine.config import Config
 from nanovllm_tui.engine.devices import resolve_device
+from nanovllm_tui.engine.execution.cuda_graph import CUDAGraphRunner
 from nanovllm_tui.engine.execution.model_runner import ModelRunner
+from nanovllm_tui.engine.execution.step import StepInputs, StepItems, StepRunner
 from nanovllm_tui.engine.tp.channel import ALIGN, StepChannel
 from nanovllm_tui.engine.tp.group import EngineDeadError, WorkerGroup
 from nanovllm_tui.engine.tp.worker import worker_main
+from nanovllm_tui.kernels.backend import AttentionBackend
 
 COLLECTIVE_TIMEOUT_S = 120.0  # last resort only: a dead worker is noticed within a second by its process sentinel
 STARTUP_TIMEOUT_S = 300.0  # workers load their shard of the weights in this time
@@ -85,10 +90,44 @@ def _channel_bytes(config: Config) -> int:
     return 2 * (8 * (3 * tokens + 3 * seqs + 1) + 4 * seqs * (width + 1)) + 32 * ALIGN
 
 
-class TPModelRunner:
+def _spawn_workers(
+    config: Config, backend: str, store_port: int, channel: StepChannel, ctx: SpawnContext
+) -> tuple[list[SpawnProcess], list[Connection]]:
+    """Start ranks 1..N-1 (each with a pipe back to rank 0 for its handshakes and errors)."""
+    n = config.tensor_parallel_size
+    threads = max(1, (os.cpu_count() or 1) // n) if backend == "gloo" else 0
+    procs, conns = [], []
+    for rank in range(1, n):
+        parent_conn, child_conn = ctx.Pipe(duplex=False)
+        p = ctx.Process(
+            target=worker_main,
+            name=f"tp-worker-{rank}",
+            daemon=True,
+            args=(
+                config,
+                rank,
+                n,
+                backend,
+                store_port,
+                channel.handle(),
+                child_conn,
+                os.getpid(),
+                COLLECTIVE_TIMEOUT_S,
+                threads,
+            ),
+        )
+        p.start()
+        child_conn.close()
+        procs.append(p)
+        conns.append(parent_conn)
+    return procs, conns
+
+
+class TPModelRunner(StepRunner):
     """Rank 0 of a tensor-parallel group, with ModelRunner's interface (prepare / execute / sample / run)."""
 
     def __init__(self, config: Config):
+        super().__init__(config.max_num_seqs)
         check_tp_config(config)
         n = config.tensor_parallel_size
         device = resolve_device(config.device)
@@ -98,35 +137,19 @@ class TPModelRunner:
         # Port 0: the store binds a free port itself, so two engines or test runs on one host never collide.
         store = dist.TCPStore("127.0.0.1", 0, n, True, wait_for_workers=False)
         channel = StepChannel.create(n, _channel_bytes(config), "broadcast" if backend == "nccl" else "shm", ctx)
-        threads = max(1, (os.cpu_count() or 1) // n) if backend == "gloo" else 0
-        procs, conns = [], []
-        for rank in range(1, n):
-            parent_conn, child_conn = ctx.Pipe(duplex=False)
-            p = ctx.Process(
-                target=worker_main,
-                name=f"tp-worker-{rank}",
-                daemon=True,
-                args=(
-                    config,
-                    rank,
-                    n,
-                    backend,
-                    store.port,
-                    channel.handle(),
-                    child_conn,
-                    os.getpid(),
-                    COLLECTIVE_TIMEOUT_S,
-                    threads,
-                ),
-            )
-            p.start()
-            child_conn.close()
-            procs.append(p)
-            conns.append(parent_conn)
+        procs, conns = _spawn_workers(config, backend, store.port, channel, ctx)
         self.group = WorkerGroup(procs, conns, channel, backend)
         self._finalizer = weakref.finalize(self, self.group.close)  # also runs at interpreter exit
         self.channel = channel
         self.tensor_parallel_size = n
+        self.runner = self._start_rank0(config, store, backend)
+        self.num_kvcache_blocks = self.runner.num_kvcache_blocks
+        self.group.start_watchdog()
+
+    def _start_rank0(self, config: Config, store: dist.TCPStore, backend: str) -> ModelRunner:
+        """Wait for the workers, join the group, build rank 0's shard; check that every rank agrees on the
+        KV cache. Any failure stops the workers and raises (EngineDeadError naming a dead worker's error)."""
+        n = config.tensor_parallel_size
         try:
             try:
                 self.group.wait_for("hello", STARTUP_TIMEOUT_S)
@@ -141,8 +164,8 @@ class TPModelRunner:
                 backend, store=store, rank=0, world_size=n, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
             )
             self.group.pg_ours = True
-            self.runner = ModelRunner(config)
-            self.group.release = self.runner.release_cuda_graphs
+            runner = ModelRunner(config)
+            self.group.release = runner.release_cuda_graphs
             blocks = self.group.wait_for("ready", STARTUP_TIMEOUT_S)
         except Exception as exc:
             reason = None if isinstance(exc, (EngineDeadError, ValueError)) else self.group.death_reason(wait_s=2.0)
@@ -153,19 +176,40 @@ class TPModelRunner:
         except BaseException:
             self.shutdown()
             raise
-        if any(b != self.runner.num_kvcache_blocks for b in blocks):
+        if any(b != runner.num_kvcache_blocks for b in blocks):
             self.shutdown()
-            counts = [self.runner.num_kvcache_blocks, *blocks]
+            counts = [runner.num_kvcache_blocks, *blocks]
             raise EngineDeadError(f"ranks disagree on the KV cache size ({counts} blocks)")
-        self.num_kvcache_blocks = self.runner.num_kvcache_blocks
-        self.group.start_watchdog()
+        return runner
 
-    def __getattr__(self, name: str) -> Any:
-        # Anything else the engine reads (device, dtype, block_size, ...) is rank 0's runner's.
-        runner = self.__dict__.get("runner")
-        if runner is None:
-            raise AttributeError(name)
-        return getattr(runner, name)
+    # -- rank 0's runner, as the engine and the app read it --------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.runner.dtype
+
+    @property
+    def block_size(self) -> int:
+        return self.runner.block_size
+
+    @property
+    def config(self) -> Config:
+        return self.runner.config
+
+    @property
+    def backend(self) -> AttentionBackend:
+        return self.runner.backend
+
+    @property
+    def cuda_graphs(self) -> CUDAGraphRunner | None:
+        return self.runner.cuda_graphs
+
+    @property
+    def copy_stream(self) -> torch.cuda.Stream | None:
+        return self.runner.copy_stream
 
     # -- one step ------------------------------------------------------------------------------
     def _check_alive(self) -> None:
@@ -177,7 +221,7 @@ class TPModelRunner:
                 "the engine stopped — create a new LLM to continue"
             )
 
-    def execute(self, inputs: Any) -> torch.Tensor | None:
+    def execute(self, inputs: StepInputs) -> torch.Tensor | None:
         """Send the inputs to every worker, then run rank 0's shard; any failure here stops the group."""
         self._check_alive()
         try:
@@ -194,21 +238,24 @@ class TPModelRunner:
             self.shutdown()
             raise
 
-    def sample(self, logits: torch.Tensor, inputs: Any) -> list[int]:
+    def sample(self, logits: torch.Tensor, inputs: StepInputs) -> list[int]:
         return self.runner.sample(logits, inputs)
 
-    def prepare(self, items, ahead: bool = False) -> Any:
+    def prepare(self, items: StepItems, ahead: bool = False) -> StepInputs:
         return self.runner.prepare(items, ahead)
 
-    def sample_device(self, logits: torch.Tensor, inputs: Any) -> torch.Tensor:
+    def sample_device(self, logits: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
         return self.runner.sample_device(logits, inputs)
 
-    # The same step as one rank (these read only prepare / execute / sample_device), with execute broadcasting.
-    launch = ModelRunner.launch
-    collect = ModelRunner.collect
-    run = ModelRunner.run
+    def replay_sampled(self, bucket: int) -> torch.Tensor:
+        """Never reached: sampling graphs are not captured under tensor parallelism (see graph_sampler)."""
+        return self.runner.replay_sampled(bucket)
 
     # -- stats and lifecycle ---------------------------------------------------------------------
+    def memory_bytes(self) -> int:
+        """Rank 0's memory (rank_memory_bytes has every rank's)."""
+        return self.runner.memory_bytes()
+
     def rank_memory_bytes(self) -> list[int]:
         """Memory each rank holds (CUDA: allocated bytes; CPU: weights + KV cache), rank 0 first."""
         return [self.runner.memory_bytes(), *self.channel.memory_bytes()[1:]]
