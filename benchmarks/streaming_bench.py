@@ -14,13 +14,16 @@ when the reader thread received the delta), so streaming's numbers include the h
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import threading
 import time
 
-import numpy as np
 import torch
 
+from nanovllm_tui.bench.driver import LoadDriver
+from nanovllm_tui.bench.results import percentile
+from nanovllm_tui.bench.workload import BenchRequest
 from nanovllm_tui.engine import LLM, SamplingParams
 from nanovllm_tui.engine.serving.thread_service import EngineService
 
@@ -72,65 +75,67 @@ def run_generate(llm: RecordingLLM, ps: list[str], sp: SamplingParams) -> dict:
 
 
 def run_streaming(llm: RecordingLLM, ps: list[str], sp: SamplingParams, readers: str = "threads") -> dict:
-    """readers="threads": one blocking reader thread per request; "poll": one thread drain()s all every 5 ms;
+    """The same requests through the streaming service, all at once, driven by the bench's LoadDriver.
+
+    readers="threads": one blocking reader thread per request; "poll": one thread drain()s all every 5 ms;
     "none": nobody reads until the end (the engine thread's own cost; TTFT/ITL from the handles' metrics)."""
     svc = EngineService(llm)
+    requests = [BenchRequest(tuple(llm.tokenize(p)), sp.max_tokens) for p in ps]
     received: list[list[float]] = [[] for _ in ps]
-    submitted: list[float] = [0.0] * len(ps)
     counts = [0] * len(ps)
+    threads: list[threading.Thread] = []
 
-    def reader(i: int, handle) -> None:
-        for out in handle:
+    def record(i: int, outs) -> None:
+        for out in outs:
             if out.token_ids:
                 received[i].append(time.monotonic())
                 counts[i] += len(out.token_ids)
 
-    def poller(handles) -> None:
-        while not all(h.finished for h in handles):
-            time.sleep(0.005)
-            for i, h in enumerate(handles):
-                for out in h.drain():
-                    if out.token_ids:
-                        received[i].append(time.monotonic())
-                        counts[i] += len(out.token_ids)
-
-    threads, handles = [], []
-    start = time.monotonic()
-    with svc.batch():  # all arrive together and start in one step, as in generate
-        for i, p in enumerate(ps):
-            submitted[i] = time.monotonic()
-            handles.append(svc.submit(p, sp))
-    if readers == "threads":
-        for i, h in enumerate(handles):
-            threads.append(threading.Thread(target=reader, args=(i, h)))
-            threads[-1].start()
-    if readers == "poll":
-        threads.append(threading.Thread(target=poller, args=(handles,)))
+    def start_reader(i: int, handle) -> None:  # called by the driver as it submits: read from the first token
+        threads.append(threading.Thread(target=record, args=(i, handle)))
         threads[-1].start()
+
+    driver = LoadDriver(
+        svc,
+        requests,
+        [0.0] * len(requests),  # all at once: one service.batch(), so they start in one step as in generate
+        consume_outputs=False,
+        on_submit=start_reader if readers == "threads" else None,
+    )
+    start = time.monotonic()
+    driver.start()
+    if readers == "poll":
+        while not driver.done:
+            time.sleep(0.005)
+            for i, h in enumerate(list(driver.handles)):
+                record(i, h.drain())
+        for i, h in enumerate(driver.handles):
+            record(i, h.drain())
+    driver.wait(interval=0.01)
     for t in threads:
         t.join()
-    while readers == "none" and not all(h.done for h in handles):
-        time.sleep(0.01)
     wall = time.monotonic() - start
     svc.shutdown(close_engine=False)  # the next round's generate reuses the engine
+    ms = [h.metrics for h in driver.handles]
     if readers == "none":
-        ms = [h.metrics for h in handles]
         return dict(
             tokens=sum(m.num_generation_tokens for m in ms),
             wall=wall,
             ttft=[m.time_to_first_token for m in ms],
             itl=[x for m in ms for x in m.inter_token_latencies],
         )
-    ttft = [r[0] - s for r, s in zip(received, submitted)]
-    itl = [b - a for r in received for a, b in zip(r, r[1:])]
+    ttft = [r[0] - m.arrival_time for r, m in zip(received, ms)]
+    itl = [b - a for r in received for a, b in itertools.pairwise(r)]
     return dict(tokens=sum(counts), wall=wall, ttft=ttft, itl=itl)
 
 
 def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(xs, q)) * 1000 if xs else float("nan")
+    """The q-th percentile of seconds, in milliseconds (nan for none)."""
+    value = percentile(xs, q)
+    return float("nan") if value is None else value * 1000
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="HF model dir (default: the SmolLM2-135M-Instruct demo model)")
     ap.add_argument("--device", default="cpu")
@@ -147,7 +152,35 @@ def main() -> None:
         "or none (read at the end: what the engine thread alone costs)",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both modes (0: torch's choice)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def report(runs: dict[str, list[dict]]) -> None:
+    """Median throughput and TTFT / ITL percentiles per mode, then the streaming / generate ratio."""
+    header = f"{'mode':10s} {'tok/s (median)':>15s} {'TTFT p50 ms':>12s} {'TTFT p99 ms':>12s} {'ITL p50 ms':>11s} {'ITL p99 ms':>11s}"
+    print(header)
+    print("-" * len(header))
+    tput = {}
+    for mode, results in runs.items():
+        tput[mode] = statistics.median(r["tokens"] / r["wall"] for r in results)
+        ttft = [x for r in results for x in r["ttft"]]
+        itl = [x for r in results for x in r["itl"]]
+        print(
+            f"{mode:10s} {tput[mode]:15.1f} {pct(ttft, 50):12.1f} {pct(ttft, 99):12.1f} "
+            f"{pct(itl, 50):11.1f} {pct(itl, 99):11.1f}"
+        )
+    per_round = [
+        s["tokens"] / s["wall"] / (g["tokens"] / g["wall"]) for g, s in zip(runs["generate"], runs["streaming"])
+    ]
+    ratio = tput["streaming"] / tput["generate"]
+    print(
+        f"\nthroughput ratio streaming / generate = {ratio:.3f} (target >= 0.97); "
+        f"per round: {', '.join(f'{x:.3f}' for x in per_round)}"
+    )
+
+
+def main() -> None:
+    args = _parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model is None:
@@ -179,26 +212,7 @@ def main() -> None:
         f"\n{args.num_requests} concurrent requests x {args.max_tokens} tokens, greedy, {args.rounds} rounds, "
         f"device={args.device}, torch threads={torch.get_num_threads()}, readers={args.readers}"
     )
-    header = f"{'mode':10s} {'tok/s (median)':>15s} {'TTFT p50 ms':>12s} {'TTFT p99 ms':>12s} {'ITL p50 ms':>11s} {'ITL p99 ms':>11s}"
-    print(header)
-    print("-" * len(header))
-    tput = {}
-    for mode, results in runs.items():
-        tput[mode] = statistics.median(r["tokens"] / r["wall"] for r in results)
-        ttft = [x for r in results for x in r["ttft"]]
-        itl = [x for r in results for x in r["itl"]]
-        print(
-            f"{mode:10s} {tput[mode]:15.1f} {pct(ttft, 50):12.1f} {pct(ttft, 99):12.1f} "
-            f"{pct(itl, 50):11.1f} {pct(itl, 99):11.1f}"
-        )
-    per_round = [
-        s["tokens"] / s["wall"] / (g["tokens"] / g["wall"]) for g, s in zip(runs["generate"], runs["streaming"])
-    ]
-    ratio = tput["streaming"] / tput["generate"]
-    print(
-        f"\nthroughput ratio streaming / generate = {ratio:.3f} (target >= 0.97); "
-        f"per round: {', '.join(f'{x:.3f}' for x in per_round)}"
-    )
+    report(runs)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import torch
 
 from nanovllm_tui.app.app import NanoVllmApp
-from nanovllm_tui.app.cli import default_torch_threads
+from nanovllm_tui.app.engine_args import default_torch_threads
 from nanovllm_tui.app.stats_window import EngineInfo
 from nanovllm_tui.bench.driver import BenchRun, WorkloadSpec
 from nanovllm_tui.engine import LLM

@@ -3,11 +3,13 @@ online), the floor arithmetic on a hand-computed case, and the default workload'
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -24,46 +26,17 @@ from nanovllm_tui.bench.results import percentile
 from nanovllm_tui.bench.workload import BenchRequest, make_offline_workload, poisson_arrivals, total_output_tokens
 from nanovllm_tui.engine.config import SERVING_MIXED_PREFILL_TOKENS
 
-TINY_QWEN3 = {
-    "architectures": ["Qwen3ForCausalLM"],
-    "model_type": "qwen3",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "vocab_size": 2048,
-    "max_position_embeddings": 1024,
-    "tie_word_embeddings": True,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 10000.0,
-    "torch_dtype": "float32",
+TINY_QWEN3 = {  # a Qwen3 config.json: architecture, shape, vocabulary and special tokens, numerics
+    **dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", num_hidden_layers=2),
+    **dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16),
+    **dict(vocab_size=2048, max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2),
+    **dict(rms_norm_eps=1e-6, rope_theta=10000.0, torch_dtype="float32"),
 }
 NUM_REQUESTS = 6
-SMALL = [
-    "--num-requests",
-    str(NUM_REQUESTS),
-    "--prompt-len",
-    "8,48",
-    "--output-len",
-    "4,24",
-    "--max-token-id",
-    "2000",
-    "--device",
-    "cpu",
-    "--block-size",
-    "16",
-    "--max-model-len",
-    "128",
-    "--num-kvcache-blocks",
-    "96",
-    "--max-num-seqs",
-    "4",
-    "--no-progress",
-]
+SMALL = (
+    f"--num-requests {NUM_REQUESTS} --prompt-len 8,48 --output-len 4,24 --max-token-id 2000 --device cpu "
+    "--block-size 16 --max-model-len 128 --num-kvcache-blocks 96 --max-num-seqs 4 --no-progress"
+).split()
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +79,7 @@ def test_workload_validates_and_is_deterministic():
 
 def test_poisson_arrivals():
     times = poisson_arrivals(4000, 20.0, seed=1)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert times[0] == 0 and all(g >= 0 for g in gaps)
     assert abs(sum(gaps) / len(gaps) - 1 / 20) < 0.005  # mean gap 1/rate (std error ~0.0008)
     assert poisson_arrivals(3, math.inf) == [0.0, 0.0, 0.0]
@@ -127,16 +100,8 @@ def test_percentile_matches_numpy_linear():
 
 
 def test_floor_hand_computed_case():
-    shape = ModelShape(
-        non_embedding_params=1000,
-        vocab_size=10,
-        hidden_size=4,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=2,
-        dtype_bytes=2,
-    )
+    # non-embedding params, vocab, hidden, layers, heads, kv heads, head dim, dtype bytes
+    shape = ModelShape(1000, 10, 4, 2, 2, 1, 2, 2)
     workload = [BenchRequest((1, 2, 3), 2), BenchRequest((4,), 4)]
     # KV of the k-th generated token (k >= 2) = p + k - 1 tokens: (3+1) = 4 and (1+1)+(1+2)+(1+3) = 9.
     assert kv_token_reads(3, 2) == 4 and kv_token_reads(1, 4) == 9
@@ -181,42 +146,28 @@ def test_bench_modules_do_not_import_textual():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+def check_trace(trace, count: int, num_steps: int, expected_tokens: int) -> None:
+    """The trace holds every timed step: each request finishes once, and (no preemption) every output token but
+    each request's first comes from a decode."""
+    steps = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert len(steps) == count == num_steps > 0
+    finished = [r for s in steps for r in s["finished_request_ids"]]
+    assert len(finished) == len(set(finished)) == NUM_REQUESTS
+    assert sum(s["num_preemptions"] for s in steps) == 0
+    assert sum(s["num_decode_tokens"] for s in steps) == expected_tokens - NUM_REQUESTS
+    assert max(s["num_seqs"] for s in steps) <= 4  # --max-num-seqs reached the engine
+
+
 def test_offline_cli_with_transformers_json_and_trace(tiny_config, tmp_path, capsys):
     out, trace = tmp_path / "bench.json", tmp_path / "trace.jsonl"
-    rc = main(
-        [
-            "offline",
-            *tiny_config,
-            *SMALL,
-            "--compare",
-            "transformers",
-            "--compare",
-            "transformers-static",
-            "--hf-batch-size",
-            "4",
-            "--json",
-            str(out),
-            "--trace",
-            str(trace),
-        ]
-    )
+    extra = f"--compare transformers --compare transformers-static --hf-batch-size 4 --json {out} --trace {trace}"
+    rc = main(["offline", *tiny_config, *SMALL, *extra.split()])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "Total: " in printed and "nanovllm-tui / transformers-cb:" in printed and "Floor:" in printed
     doc = json.loads(out.read_text())
-    assert {
-        "mode",
-        "argv",
-        "environment",
-        "model",
-        "engine_options",
-        "workload",
-        "engine",
-        "offline",
-        "ratios",
-        "floor",
-        "trace",
-    } <= set(doc)
+    sections = {"mode", "argv", "environment", "model", "engine_options", "workload", "engine", "offline"}
+    assert sections | {"ratios", "floor", "trace"} <= set(doc)
     assert doc["engine"]["mixed_prefill_tokens"] == 0  # offline: the engine's own default, no cap
     expected = doc["workload"]["output_tokens"]
     assert expected == total_output_tokens(make_offline_workload(NUM_REQUESTS, (8, 48), (4, 24), 0, 2000))
@@ -231,51 +182,17 @@ def test_offline_cli_with_transformers_json_and_trace(tiny_config, tmp_path, cap
     static = doc["offline"]["transformers-static"]["extra"]
     assert static["generated_including_padding"] >= expected  # each batch runs to its longest request
     floor = doc["floor"]
-    for key in (
-        "bandwidth_gbs",
-        "peak_tflops",
-        "decode_steps",
-        "weight_bytes",
-        "kv_bytes",
-        "flops",
-        "memory_floor_tok_s",
-        "compute_floor_tok_s",
-        "memory_fraction",
-        "compute_fraction",
-        "model_shape",
-    ):
+    keys = ["bandwidth_gbs", "peak_tflops", "decode_steps", "weight_bytes", "kv_bytes", "flops", "memory_floor_tok_s"]
+    for key in [*keys, "compute_floor_tok_s", "memory_fraction", "compute_fraction", "model_shape"]:
         assert floor[key] is not None and floor[key] == floor[key], key
     assert floor["bandwidth_gbs"] > 0 and floor["memory_fraction"] > 0
-    # The trace holds every timed step: each request finishes once, and (no preemption) every output token but
-    # each request's first comes from a decode.
-    steps = [json.loads(line) for line in trace.read_text().splitlines()]
-    assert len(steps) == doc["trace"]["steps"] == ours["extra"]["num_steps"] > 0
-    assert sorted(r for s in steps for r in s["finished_request_ids"]) == sorted(
-        {r for s in steps for r in s["finished_request_ids"]}
-    )
-    assert sum(len(s["finished_request_ids"]) for s in steps) == NUM_REQUESTS
-    assert sum(s["num_preemptions"] for s in steps) == 0
-    assert sum(s["num_decode_tokens"] for s in steps) == expected - NUM_REQUESTS
-    assert max(s["num_seqs"] for s in steps) <= 4  # --max-num-seqs reached the engine
+    check_trace(trace, doc["trace"]["steps"], ours["extra"]["num_steps"], expected)
 
 
 def test_online_cli_through_the_service(tiny_config, tmp_path):
     out, trace = tmp_path / "online.json", tmp_path / "trace.jsonl"
-    rc = main(
-        [
-            "online",
-            *tiny_config,
-            *SMALL,
-            "--request-rate",
-            "50",
-            "--policy",
-            "prefill_first",
-            "--json",
-            str(out),
-            "--trace",
-            str(trace),
-        ]
-    )
+    extra = f"--request-rate 50 --policy prefill_first --json {out} --trace {trace}"
+    rc = main(["online", *tiny_config, *SMALL, *extra.split()])
     assert rc == 0
     doc = json.loads(out.read_text())
     assert doc["engine"]["mixed_prefill_tokens"] == SERVING_MIXED_PREFILL_TOKENS  # the streaming service's default
@@ -326,3 +243,54 @@ def test_bad_flags_fail_with_a_message(tiny_config, capsys, extra, message):
 def test_missing_config_file_fails_with_a_message(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "nope.json"), "--no-progress"]) == 2
     assert "cannot read --config" in capsys.readouterr().err
+
+
+def test_bad_engine_flags_and_model_paths(tiny_config, tmp_path, capsys):
+    """The app's flag checks (argparse: one line, exit 2) and model checks, before anything loads."""
+    with pytest.raises(SystemExit) as exc:
+        main([*tiny_config, *SMALL, "--block-size", "17"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in err and "power of two" in err
+    (tmp_path / "weights.bin").write_bytes(b"")
+    assert main(["--model", str(tmp_path / "weights.bin"), *SMALL]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path), *tiny_config, *SMALL]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_without_model_or_config_it_runs_the_demo_model(demo_model_dir, tmp_path):
+    out = tmp_path / "demo.json"
+    small = "--num-requests 2 --prompt-len 8 --output-len 4 --max-model-len 64 --num-kvcache-blocks 16 --no-floor"
+    assert main(["offline", "--device", "cpu", "--no-progress", "--json", str(out), *small.split()]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["model"]["dir"] == str(demo_model_dir) and doc["engine"]["block_size"] == 16  # the app's default
+    assert doc["offline"]["nanovllm-tui"]["output_tokens"] == 8
+
+
+def test_load_driver_caps_in_flight_batches_arrivals_and_stops(tiny_qwen3_gqa_dir):
+    from nanovllm_tui.bench.driver import LoadDriver
+    from nanovllm_tui.engine.serving.thread_service import EngineService
+
+    workload = make_offline_workload(6, (4, 12), (3, 8), seed=1, max_token_id=1000)
+    svc = EngineService(str(tiny_qwen3_gqa_dir), device="cpu", kvcache_block_size=16, max_model_len=64)
+    try:
+        capped = LoadDriver(svc, workload, [0.0] * 6, max_concurrency=2, record_steps=True, run_id="capped")
+        capped.start()
+        capped.wait(timeout=120)
+        assert capped.submit_error is None and [h.finish_reason for h in capped.handles] == ["length"] * 6
+        assert [h.metrics.num_generation_tokens for h in capped.handles] == [r.max_tokens for r in workload]
+        assert max(s.num_running + s.num_waiting for s in capped.steps) == 2
+        together = LoadDriver(svc, workload, [0.0] * 6, record_steps=True, run_id="together")
+        together.start()
+        together.wait(timeout=120)
+        assert together.steps[0].num_seqs == 6  # one batch: all six start in the first step
+        stopped = LoadDriver(svc, workload, [0.0, *[600.0] * 5], run_id="stopped")
+        stopped.start()
+        deadline = time.monotonic() + 60
+        while not stopped.handles and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stopped.stop()
+        stopped.wait(timeout=30)  # the first request ends (aborted or done) and the others are never sent
+        assert len(stopped.handles) == 1 and stopped.handles[0].finish_reason in ("abort", "length")
+    finally:
+        svc.shutdown()

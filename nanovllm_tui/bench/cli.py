@@ -3,93 +3,31 @@ compute the floor, print tables, write --json / --trace. Imports no UI code: it 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import datetime
-import os
-import platform
-import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nanovllm_tui.app.engine_args import torch_threads
 from nanovllm_tui.bench import args as bench_args
 from nanovllm_tui.bench import report
 from nanovllm_tui.bench.results import OfflineResult
-from nanovllm_tui.bench.workload import make_offline_workload, poisson_arrivals
+from nanovllm_tui.bench.workload import BenchRequest, make_offline_workload, poisson_arrivals
+
+if TYPE_CHECKING:
+    from nanovllm_tui.engine.serving.protocol import EngineInfo
 
 
-def _environment(device) -> dict[str, Any]:
-    import torch
-    import transformers
-
-    commit = os.environ.get("NANOVLLM_COMMIT")
-    if not commit:
-        try:
-            # --dirty: a run from a working tree that differs from its commit says so (e.g. "75f4767-dirty").
-            commit = (
-                subprocess.run(
-                    ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                    cwd=os.path.dirname(os.path.abspath(__file__)),
-                ).stdout.strip()
-                or None
-            )
-        except (OSError, subprocess.SubprocessError):
-            commit = None
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit,
-        "host": platform.node(),
-        "device": str(device),
-        "gpu": gpu,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _measure_rates(ns, device, dtype) -> dict[str, Any]:
-    """Bandwidth and peak compute for the floor: given on the command line, else measured now (before the
-    engine takes the GPU's memory)."""
-    from nanovllm_tui.bench.floor import measure_copy_bandwidth, measure_matmul_tflops
-
-    tp = ns.tensor_parallel_size  # each rank streams its own shard: the rates add up
-    times_tp = f", x{tp} ranks" if tp > 1 else ""
-    if ns.bandwidth is not None:
-        bw, bw_src = ns.bandwidth, "given"
-    else:
-        bw, bw_src = measure_copy_bandwidth(device) * tp, "measured: device copy, read+write" + times_tp
-    if ns.peak_tflops is not None:
-        peak, peak_src = ns.peak_tflops, "given"
-    else:
-        dtype_name = str(dtype).removeprefix("torch.")
-        peak, peak_src = measure_matmul_tflops(device, dtype) * tp, f"measured: {dtype_name} matmul" + times_tp
-    return {"bandwidth_gbs": bw, "bandwidth_source": bw_src, "peak_tflops": peak, "peak_source": peak_src}
-
-
-def run(ns) -> dict[str, Any]:
-    """The whole benchmark; returns the JSON document (also printed as tables along the way)."""
-    import torch
-
-    from nanovllm_tui.bench.compare_hf import HFSettings, free_memory
-    from nanovllm_tui.bench.floor import model_shape, workload_floor
+def _prepare(ns: argparse.Namespace) -> tuple[str, Any, list[BenchRequest]]:
+    """The flags, the model and the workload, validated before anything is allocated."""
     from nanovllm_tui.bench.model_source import resolve_model
-    from nanovllm_tui.engine import LLM
-    from nanovllm_tui.engine.devices import resolve_device, resolve_dtype
     from nanovllm_tui.engine.execution.loader import load_hf_config
 
-    progress = not ns.no_progress
-    # 1. Flags, the model and the workload, validated before anything is allocated.
     if ns.mode == "online" and ns.compare:
         raise ValueError("--compare runs the offline workload; drop it for online mode")
     if ns.mode == "offline" and len(ns.policy) > 1:
         raise ValueError("offline mode runs one --policy; pass a comma list only in online mode")
-    if ns.max_concurrency is not None and ns.max_concurrency < 1:
-        raise ValueError(f"--max-concurrency {ns.max_concurrency} must be >= 1")
     if ns.json_path:
         report.check_writable(ns.json_path, "--json")
     model_dir = str(resolve_model(ns.model, ns.config, ns.cache_dir))
@@ -106,14 +44,15 @@ def run(ns) -> dict[str, Any]:
             f"the workload's longest request needs {longest} tokens > --max-model-len "
             f"{ns.max_model_len}; raise --max-model-len or lower --prompt-len / --output-len"
         )
-    if ns.cpu_threads is not None:
-        torch.set_num_threads(max(1, ns.cpu_threads))
-    device = resolve_device(ns.device)
-    dtype = resolve_dtype(ns.dtype, device, hf_config)
-    doc: dict[str, Any] = {
+    return model_dir, hf_config, workload
+
+
+def _document(ns: argparse.Namespace, model_dir: str, hf_config: Any, workload: list[BenchRequest], device, dtype):
+    """The --json document's description of the run (results are added as they come)."""
+    return {
         "mode": ns.mode,
         "argv": ns.argv,
-        "environment": _environment(device),
+        "environment": report.environment(device),
         "model": {
             "dir": model_dir,
             "config": ns.config,
@@ -134,72 +73,120 @@ def run(ns) -> dict[str, Any]:
             "output_tokens": sum(r.max_tokens for r in workload),
         },
     }
-    rates = None if ns.no_floor or ns.mode == "online" else _measure_rates(ns, device, dtype)
-    free_memory()
 
-    # 2. Our engine.
+
+def _engine_doc(info: EngineInfo, init_seconds: float, mixed_prefill_tokens: int) -> dict[str, Any]:
+    """The --json document's "engine": what the engine resolved from the flags."""
+    return {
+        "init_seconds": init_seconds,
+        "num_kvcache_blocks": info.num_blocks,
+        "block_size": info.block_size,
+        "max_model_len": info.max_model_len,
+        "max_num_batched_tokens": info.max_num_batched_tokens,
+        "mixed_prefill_tokens": mixed_prefill_tokens,
+        "attention_backend": info.attention_backend,
+    }
+
+
+def _offline_engine_doc(llm: Any, device: Any, init_seconds: float) -> dict[str, Any]:
+    """The same "engine" record for an LLM driven directly (offline): from its config and stats."""
+    from nanovllm_tui.kernels.backend import get_backend
+
+    cfg, stats = llm.config, llm.stats()
+    return {
+        "init_seconds": init_seconds,
+        "num_kvcache_blocks": stats.num_blocks_total,
+        "block_size": stats.block_size,
+        "max_model_len": cfg.max_model_len,
+        "max_num_batched_tokens": cfg.max_num_batched_tokens,
+        "mixed_prefill_tokens": cfg.mixed_prefill_tokens,
+        # The engine resolved "auto" the same way (the name, device and block size decide it).
+        "attention_backend": get_backend(cfg.attention_backend, device, stats.block_size).name,
+    }
+
+
+def _run_online(ns: argparse.Namespace, model_dir: str, workload: list[BenchRequest], doc: dict[str, Any]) -> None:
+    """The workload through the streaming service, once per --policy on the same engine."""
+    from nanovllm_tui.bench.online import run_online
+    from nanovllm_tui.engine.serving.thread_service import EngineService
+
+    kwargs = bench_args.engine_kwargs(ns)
+    arrivals = poisson_arrivals(len(workload), ns.request_rate, ns.seed)
+    trace = report.TraceWriter(ns.trace) if ns.trace else None
+    t0 = time.perf_counter()
+    service = EngineService(model_dir, **kwargs)
+    doc["engine"] = _engine_doc(service.engine_info(), time.perf_counter() - t0, kwargs["mixed_prefill_tokens"])
+    doc["online"] = {}
+    try:
+        for i, policy in enumerate(ns.policy):
+            if i > 0:  # same prompts again: forget the last run's cached blocks so it can't hit them
+                service.reset_prefix_cache()
+            service.set_scheduling_policy(policy)
+            online, steps = run_online(
+                service,
+                workload,
+                arrivals,
+                ns.request_rate,
+                ns.temperature,
+                policy=policy,
+                warmup=not ns.no_warmup and i == 0,
+                progress=not ns.no_progress,
+                max_concurrency=ns.max_concurrency,
+                run_id=f"bench-{policy}",
+            )
+            if trace is not None:
+                for step in steps:
+                    trace(step)
+            doc["online"][policy] = online.as_dict()
+            print(report.online_table(online))
+    finally:
+        service.shutdown()
+        _close_trace(trace, doc)
+
+
+def _close_trace(trace: report.TraceWriter | None, doc: dict[str, Any]) -> None:
+    if trace is not None:
+        trace.close()
+        doc["trace"] = {"path": trace.path, "steps": trace.count}
+
+
+def _set_torch_threads(ns: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(torch_threads(ns))
+
+
+def _run_offline(
+    ns: argparse.Namespace, model_dir: str, workload: list[BenchRequest], device: Any, doc: dict[str, Any]
+) -> tuple[OfflineResult, int]:
+    """Our engine stepped to completion over the whole workload; also returns its KV cache size in tokens."""
+    from nanovllm_tui.bench.compare_hf import free_memory
+    from nanovllm_tui.bench.offline import run_offline
+    from nanovllm_tui.engine import LLM
+
     trace = report.TraceWriter(ns.trace) if ns.trace else None
     t0 = time.perf_counter()
     llm = LLM(model_dir, **bench_args.engine_kwargs(ns))
-    runner = llm.model_runner
-    doc["engine"] = {
-        "init_seconds": time.perf_counter() - t0,
-        "num_kvcache_blocks": runner.num_kvcache_blocks,
-        "block_size": llm.config.kvcache_block_size,
-        "max_model_len": llm.config.max_model_len,
-        "max_num_batched_tokens": llm.config.max_num_batched_tokens,
-        "mixed_prefill_tokens": llm.config.mixed_prefill_tokens,
-        "attention_backend": getattr(getattr(getattr(runner, "runner", runner), "backend", None), "name", None),
-    }
+    doc["engine"] = _offline_engine_doc(llm, device, time.perf_counter() - t0)
     try:
-        if ns.mode == "offline":
-            from nanovllm_tui.bench.offline import run_offline
-
-            ours = run_offline(llm, workload, ns.temperature, warmup=not ns.no_warmup, progress=progress, on_step=trace)
-            print(report.nano_vllm_line(ours))
-        else:
-            from nanovllm_tui.bench.online import run_online
-            from nanovllm_tui.engine.serving.thread_service import EngineService
-
-            arrivals = poisson_arrivals(len(workload), ns.request_rate, ns.seed)
-            service = EngineService(llm)
-            doc["online"] = {}
-            try:
-                for i, policy in enumerate(ns.policy):  # one engine; only the policy changes between runs
-                    if i > 0:  # same prompts again: forget the last run's cached blocks so it can't hit them
-                        # (the service has no public command for this; _command runs it on the idle engine thread)
-                        service._command(llm.block_manager.reset_prefix_cache)
-                    service.set_scheduling_policy(policy)
-                    online, steps = run_online(
-                        service,
-                        workload,
-                        arrivals,
-                        ns.request_rate,
-                        ns.temperature,
-                        warmup=not ns.no_warmup and i == 0,
-                        progress=progress,
-                        max_concurrency=ns.max_concurrency,
-                    )
-                    if trace is not None:
-                        for step in steps:
-                            trace(step)
-                    doc["online"][policy] = online.as_dict()
-                    print(report.online_table(online))
-            finally:
-                service.shutdown()
+        ours = run_offline(
+            llm, workload, ns.temperature, warmup=not ns.no_warmup, progress=not ns.no_progress, on_step=trace
+        )
+        print(report.nano_vllm_line(ours))
     finally:
-        if trace is not None:
-            trace.close()
-            doc["trace"] = {"path": ns.trace, "steps": trace.count}
-        kv_tokens = runner.num_kvcache_blocks * llm.config.kvcache_block_size
+        _close_trace(trace, doc)
         llm.shutdown()
-        del llm, runner
+        del llm
         free_memory()
-    if ns.mode == "online":
-        return doc
+    return ours, doc["engine"]["num_kvcache_blocks"] * doc["engine"]["block_size"]
 
-    # 3. transformers on the same workload.
-    results: list[OfflineResult] = [ours]
+
+def _compare(
+    ns: argparse.Namespace, model_dir: str, workload: list[BenchRequest], device, dtype, kv_tokens: int
+) -> list[OfflineResult]:
+    """transformers on the same workload, each --compare once, in order."""
+    from nanovllm_tui.bench.compare_hf import HFSettings, run_transformers_cb, run_transformers_static
+
     settings = HFSettings(
         device=str(device),
         dtype=str(dtype).removeprefix("torch."),
@@ -209,28 +196,61 @@ def run(ns) -> dict[str, Any]:
         kv_cache_tokens=kv_tokens,
         page_size=ns.block_size,
         warmup=not ns.no_warmup,
-        progress=progress,
+        progress=not ns.no_progress,
     )
-    for name in dict.fromkeys(ns.compare):  # in order, each once
-        from nanovllm_tui.bench.compare_hf import run_transformers_cb, run_transformers_static
-
+    results = []
+    for name in dict.fromkeys(ns.compare):
         if name == "transformers":
             results.append(run_transformers_cb(model_dir, workload, settings))
         else:
             results.append(run_transformers_static(model_dir, workload, settings, ns.hf_batch_size))
+    return results
+
+
+def _floor(
+    ns: argparse.Namespace,
+    model_dir: str,
+    workload: list[BenchRequest],
+    dtype,
+    rates: dict[str, Any],
+    ours: OfflineResult,
+    doc: dict[str, Any],
+) -> None:
+    """The hardware floor of the workload, next to our time."""
+    from nanovllm_tui.bench.floor import model_shape, workload_floor
+
+    shape = model_shape(model_dir, dtype.itemsize)
+    floor = workload_floor(shape, workload, rates["bandwidth_gbs"], rates["peak_tflops"], ns.max_num_seqs)
+    doc["floor"] = {**rates, "model_shape": dataclasses.asdict(shape), **floor.as_dict(ours.seconds)}
+    print(report.floor_table(floor, ours.seconds, rates["bandwidth_source"], rates["peak_source"]))
+
+
+def run(ns: argparse.Namespace) -> dict[str, Any]:
+    """The whole benchmark; returns the JSON document (also printed as tables along the way)."""
+    from nanovllm_tui.bench.compare_hf import free_memory
+    from nanovllm_tui.bench.floor import measure_rates
+    from nanovllm_tui.engine.devices import resolve_device, resolve_dtype
+
+    model_dir, hf_config, workload = _prepare(ns)
+    _set_torch_threads(ns)
+    device = resolve_device(ns.device)
+    dtype = resolve_dtype(ns.dtype, device, hf_config)
+    doc = _document(ns, model_dir, hf_config, workload, device, dtype)
+    if ns.mode == "online":
+        _run_online(ns, model_dir, workload, doc)
+        return doc
+    rates = None if ns.no_floor else measure_rates(device, dtype, ns.tensor_parallel_size, ns.bandwidth, ns.peak_tflops)
+    free_memory()
+    ours, kv_tokens = _run_offline(ns, model_dir, workload, device, doc)
+    results = [ours, *_compare(ns, model_dir, workload, device, dtype, kv_tokens)]
     doc["offline"] = {r.engine: r.as_dict() for r in results}
     doc["ratios"] = {
         f"nanovllm-tui/{r.engine}": (ours.output_tok_s / r.output_tok_s if r.output_tok_s else None)
         for r in results[1:]
     }
     print(report.offline_table(results))
-
-    # 4. The floor.
     if rates is not None:
-        shape = model_shape(model_dir, dtype.itemsize)
-        floor = workload_floor(shape, workload, rates["bandwidth_gbs"], rates["peak_tflops"], ns.max_num_seqs)
-        doc["floor"] = {**rates, "model_shape": dataclasses.asdict(shape), **floor.as_dict(ours.seconds)}
-        print(report.floor_table(floor, ours.seconds, rates["bandwidth_source"], rates["peak_source"]))
+        _floor(ns, model_dir, workload, dtype, rates, ours, doc)
     return doc
 
 

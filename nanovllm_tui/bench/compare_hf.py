@@ -11,6 +11,7 @@ import gc
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -37,7 +38,9 @@ def load_model(model_dir: str, s: HFSettings, attn: str = "sdpa"):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, s.dtype), attn_implementation=attn)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, s.dtype), attn_implementation=attn
+    )
     return model.to(s.device).eval()
 
 
@@ -125,12 +128,13 @@ def _cb_config(s: HFSettings, workload_tokens: int):
     num_blocks = None
     if s.device == "cpu" and s.kv_cache_tokens:  # no more than the workload can use: its masks grow with the cache
         num_blocks = math.ceil(min(s.kv_cache_tokens, workload_tokens) / s.page_size)
-    return ContinuousBatchingConfig(
-        **{page: s.page_size},
-        num_blocks=num_blocks,
-        max_batch_tokens=s.max_num_batched_tokens,
-        max_requests_per_batch=s.max_num_seqs,
-    )
+    options: dict[str, Any] = {
+        page: s.page_size,
+        "num_blocks": num_blocks,
+        "max_batch_tokens": s.max_num_batched_tokens,
+        "max_requests_per_batch": s.max_num_seqs,
+    }
+    return ContinuousBatchingConfig(**options)
 
 
 def _workload_hints(workload: list[BenchRequest]):
@@ -148,7 +152,8 @@ def _workload_hints(workload: list[BenchRequest]):
 
 def _cb_collect(manager, ids: list[str], bar) -> dict:
     """Wait for every request id's final output (a dead generation thread ends the wait)."""
-    want, results = set(ids), {}
+    want = set(ids)
+    results: dict[str, Any] = {}
     while want - results.keys():
         r = manager.get_result(timeout=1)
         if r is None:
@@ -162,6 +167,24 @@ def _cb_collect(manager, ids: list[str], bar) -> dict:
     return results
 
 
+def _generate_padded(model: Any, batch: list[BenchRequest], s: HFSettings) -> int:
+    """One left-padded batch through model.generate to its longest max_tokens; tokens generated, padding included."""
+    import torch
+
+    device = torch.device(s.device)
+    width = max(r.prompt_len for r in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    mask = torch.zeros(len(batch), width, dtype=torch.long)
+    for i, r in enumerate(batch):
+        ids[i, width - r.prompt_len :] = torch.tensor(r.prompt_token_ids)
+        mask[i, width - r.prompt_len :] = 1
+    config = _generation_config(s, max(r.max_tokens for r in batch))
+    config.eos_token_id, config.pad_token_id = None, 0
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+    return (out.shape[1] - width) * len(batch)
+
+
 def run_transformers_static(
     model_dir: str, workload: list[BenchRequest], s: HFSettings, batch_size: int
 ) -> OfflineResult:
@@ -172,29 +195,15 @@ def run_transformers_static(
     model = load_model(model_dir, s)
     device = torch.device(s.device)
 
-    def generate(batch: list[BenchRequest]) -> int:
-        width = max(r.prompt_len for r in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for i, r in enumerate(batch):
-            ids[i, width - r.prompt_len :] = torch.tensor(r.prompt_token_ids)
-            mask[i, width - r.prompt_len :] = 1
-        n = max(r.max_tokens for r in batch)
-        config = _generation_config(s, n)
-        config.eos_token_id, config.pad_token_id = None, 0
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
-        return (out.shape[1] - width) * len(batch)
-
     if s.warmup:
-        generate([BenchRequest(workload[0].prompt_token_ids[:16], 8)])
+        _generate_padded(model, [BenchRequest(workload[0].prompt_token_ids[:16], 8)], s)
     expected = total_output_tokens(workload)
     bar = tqdm(total=expected, desc="transformers-static", unit="tok", disable=not s.progress, dynamic_ncols=True)
     generated = 0
     start = time.perf_counter()
     for i in range(0, len(workload), batch_size):
         batch = workload[i : i + batch_size]
-        generated += generate(batch)
+        generated += _generate_padded(model, batch, s)
         bar.update(sum(r.max_tokens for r in batch))
     if device.type == "cuda":
         torch.cuda.synchronize()

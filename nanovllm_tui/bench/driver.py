@@ -1,20 +1,201 @@
-"""BenchRun: the app's benchmark driver. Submits a workload to the EngineService (all at once or at Poisson
-arrival times, from a small thread) and is polled from the UI timer; nothing here blocks the engine."""
+"""LoadDriver: the one online load generator. It submits a workload to a Service at its arrival times from a
+small thread (optionally at most N in flight) and tracks the handles; nothing here blocks the engine.
+
+`nanovllm-tui bench online` waits on it (bench/online.py), the app's benchmark screen polls it from its UI
+timer (BenchRun below), and benchmarks/streaming_bench.py attaches reader threads to its handles.
+Timings come from the handles' RequestMetrics (the engine's clock), so how often a caller polls does not
+change them.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-from nanovllm_tui.bench.workload import make_offline_workload, poisson_arrivals
+from nanovllm_tui.bench.results import percentile
+from nanovllm_tui.bench.workload import BenchRequest, make_offline_workload, poisson_arrivals
 from nanovllm_tui.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from nanovllm_tui.engine.serving.protocol import Service
+    from nanovllm_tui.engine.serving.request_handle import RequestHandle
+    from nanovllm_tui.engine.stats import EngineStats, StepStats
+
+
+class LoadDriver:
+    """One run of a workload through a live service (other requests may share the batch with it)."""
+
+    def __init__(
+        self,
+        service: Service,
+        requests: Sequence[BenchRequest],
+        arrivals: Sequence[float],
+        *,
+        temperature: float = 0.0,
+        max_concurrency: int | None = None,
+        run_id: str = "bench",
+        record_steps: bool = False,
+        consume_outputs: bool = True,
+        on_submit: Callable[[int, RequestHandle], None] | None = None,
+    ):
+        """record_steps: keep every StepStats of the run (a subscriber sees each, unlike the history buffer).
+        consume_outputs=False leaves the handles' outputs to the caller's readers (on_submit sees each handle)."""
+        if len(arrivals) != len(requests):
+            raise ValueError(f"{len(arrivals)} arrival times for {len(requests)} requests")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency={max_concurrency} must be >= 1 (or None for no limit)")
+        self.service = service
+        self.requests = list(requests)
+        self.arrivals = list(arrivals)
+        self.temperature = temperature
+        self.max_concurrency = max_concurrency
+        self.run_id = run_id
+        self.record_steps = record_steps
+        self.consume_outputs = consume_outputs
+        self.on_submit = on_submit
+        self.handles: list[RequestHandle] = []
+        self.steps: list[StepStats] = []
+        self.start_time: float | None = None
+        self.end_time: float | None = None  # set by poll() once every request finished
+        self.submit_error: str | None = None
+        self.stats_before: EngineStats | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._slot_freed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    @property
+    def total(self) -> int:
+        return len(self.requests)
+
+    def start(self) -> None:
+        """Begin submitting (returns at once)."""
+        self.stats_before = self.service.stats()
+        self._unsubscribe = self.service.subscribe(self._on_step)
+        self.start_time = start = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._submit_all, args=(start,), name=f"{self.run_id}-submit", daemon=True
+        )
+        self._thread.start()
+
+    def _on_step(self, step: StepStats) -> None:  # a service thread: must not block
+        if self.record_steps:
+            self.steps.append(step)
+        if step.finished_request_ids:
+            self._slot_freed.set()
+
+    def _in_flight(self) -> int:
+        with self._lock:
+            return sum(not h.done for h in self.handles)
+
+    def _wait_for_slot(self) -> bool:
+        """Block while max_concurrency requests are in flight; False if stopped meanwhile."""
+        while self.max_concurrency and self._in_flight() >= self.max_concurrency:
+            # Bounded wait: a step may finish a request just before its handle reports done.
+            self._slot_freed.wait(0.05)
+            self._slot_freed.clear()
+            if self._stop.is_set():
+                return False
+        return True
+
+    def _submit_all(self, start: float) -> None:
+        n, i = self.total, 0
+        while i < n:
+            if self._stop.wait(max(0.0, start + self.arrivals[i] - time.monotonic())) or not self._wait_for_slot():
+                return
+            # Every request whose time has come (and that fits under max_concurrency) reaches the engine in
+            # one batch, so "all at once" starts them in one step, as LLM.generate would.
+            now, j = time.monotonic(), i + 1
+            room = self.max_concurrency - self._in_flight() if self.max_concurrency else n
+            while j < n and j - i < room and start + self.arrivals[j] <= now:
+                j += 1
+            with self.service.batch():
+                if not all(self._submit(k) for k in range(i, j)):
+                    return
+            i = j
+
+    def _submit(self, i: int) -> bool:
+        """Submit request i; False (and submit_error set) if the service refuses it."""
+        req = self.requests[i]
+        sp = SamplingParams(temperature=self.temperature, max_tokens=req.max_tokens, ignore_eos=True)
+        try:
+            handle = self.service.submit(list(req.prompt_token_ids), sp, request_id=f"{self.run_id}-{i}")
+        except (ValueError, RuntimeError) as exc:
+            self.submit_error = str(exc)
+            return False
+        with self._lock:
+            self.handles.append(handle)
+        if self.on_submit is not None:
+            self.on_submit(i, handle)
+        return True
+
+    @property
+    def submitted_all(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
+
+    @property
+    def done(self) -> bool:
+        """Submission ended and every submitted request finished (its final output delivered)."""
+        submitted = self.submitted_all
+        with self._lock:
+            return submitted and all(h.done for h in self.handles)
+
+    @property
+    def num_finished(self) -> int:
+        with self._lock:
+            return sum(1 for h in self.handles if h.done)
+
+    def poll(self) -> None:
+        """Consume what the handles hold (non-blocking); marks the end once every request finished."""
+        done = self.done
+        if self.consume_outputs:
+            with self._lock:
+                handles = list(self.handles)
+            for h in handles:
+                h.drain()
+        if done and self.end_time is None:
+            self.end_time = time.monotonic()
+            self._release()
+
+    def _release(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def stop(self) -> None:
+        """Stop submitting and abort what is in flight."""
+        self._stop.set()
+        with self._lock:
+            handles = list(self.handles)
+        for h in handles:
+            if not h.done:
+                self.service.abort(h.request_id)
+
+    def wait(
+        self, timeout: float = 600.0, interval: float = 0.05, on_progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Poll until done (scripts and tests without a UI); on_progress gets the finished count."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            if on_progress is not None:
+                on_progress(self.num_finished)
+            if self.end_time is not None:
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                self._release()
+                raise TimeoutError(f"the workload did not finish within {timeout} s")
+            time.sleep(interval)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkloadSpec:
-    """What the benchmark screen's form describes."""
+    """What the app's benchmark screen form describes."""
 
     num_requests: int = 16
     prompt_len: tuple[int, int] = (32, 128)
@@ -39,6 +220,8 @@ class WorkloadSpec:
 
 @dataclass(frozen=True, slots=True)
 class BenchResult:
+    """The app's benchmark table (seconds; 0 where nothing was measured)."""
+
     requests: int
     finished: int
     prompt_tokens: int
@@ -53,124 +236,41 @@ class BenchResult:
     prefix_hit_rate: float
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in [0, 100]); 0 for no values."""
-    if not values:
-        return 0.0
-    v = sorted(values)
-    k = (len(v) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+class BenchRun(LoadDriver):
+    """The app's benchmark: a greedy LoadDriver built from the screen's form, polled by the UI timer."""
 
-
-class BenchRun:
-    """One benchmark run through a live service; chat requests may share the batch with it."""
-
-    def __init__(self, service: Any, spec: WorkloadSpec, run_id: str = "bench"):
-        self.service, self.spec, self.run_id = service, spec, run_id
-        vocab = service.engine.config.hf_config.vocab_size
-        self.requests = make_offline_workload(
+    def __init__(self, service: Service, spec: WorkloadSpec, run_id: str = "bench"):
+        vocab = service.engine_info().vocab_size
+        requests = make_offline_workload(
             spec.num_requests, spec.prompt_len, spec.output_len, spec.seed, max_token_id=min(10000, vocab - 1)
         )
-        self.arrivals = poisson_arrivals(spec.num_requests, spec.request_rate, spec.seed)
-        self.handles: list[Any] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.start_time: float | None = None
-        self.end_time: float | None = None
-        self.submit_error: str | None = None
-        self._stats_before = None
-
-    @property
-    def total(self) -> int:
-        return len(self.requests)
-
-    def start(self) -> None:
-        self._stats_before = self.service.stats()
-        self.start_time = time.monotonic()
-        self._thread = threading.Thread(target=self._submit_all, name=f"{self.run_id}-submit", daemon=True)
-        self._thread.start()
-
-    def _submit_all(self) -> None:
-        for i, (req, at) in enumerate(zip(self.requests, self.arrivals)):
-            delay = self.start_time + at - time.monotonic()
-            if delay > 0 and self._stop.wait(delay):
-                return
-            if self._stop.is_set():
-                return
-            sp = SamplingParams(temperature=0.0, max_tokens=req.max_tokens, ignore_eos=True)
-            try:
-                handle = self.service.submit(list(req.prompt_token_ids), sp, request_id=f"{self.run_id}-{i}")
-            except (ValueError, RuntimeError) as exc:
-                self.submit_error = str(exc)
-                return
-            with self._lock:
-                self.handles.append(handle)
-
-    def poll(self) -> None:
-        """Consume whatever the handles hold (non-blocking); marks the end when every request finished."""
-        with self._lock:
-            handles = list(self.handles)
-        for h in handles:
-            h.drain()
-        if self.end_time is None and self.done:
-            self.end_time = time.monotonic()
-
-    @property
-    def num_finished(self) -> int:
-        with self._lock:
-            return sum(1 for h in self.handles if h.finished)
-
-    @property
-    def done(self) -> bool:
-        submitted_all = self._thread is not None and not self._thread.is_alive()
-        with self._lock:
-            return submitted_all and all(h.finished for h in self.handles)
-
-    def stop(self) -> None:
-        """Stop submitting and abort what is in flight."""
-        self._stop.set()
-        with self._lock:
-            handles = list(self.handles)
-        for h in handles:
-            if not h.done:
-                self.service.abort(h.request_id)
-
-    def wait(self, timeout: float = 600.0, interval: float = 0.05) -> None:
-        """Poll until done (for scripts and tests without a UI)."""
-        deadline = time.monotonic() + timeout
-        while not self.done:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"benchmark did not finish within {timeout} s")
-            self.poll()
-            time.sleep(interval)
-        self.poll()
+        arrivals = poisson_arrivals(spec.num_requests, spec.request_rate, spec.seed)
+        super().__init__(service, requests, arrivals, run_id=run_id)
+        self.spec = spec
 
     def result(self) -> BenchResult:
         with self._lock:
-            handles = list(self.handles)
-        done = [h for h in handles if h.finished]
-        ttfts = [h.metrics.time_to_first_token for h in done if h.metrics.time_to_first_token is not None]
-        itls = [x for h in done for x in h.metrics.inter_token_latencies]
-        out_tokens = sum(h.metrics.num_generation_tokens for h in done)
-        ends = [h.metrics.finished_time for h in done if h.metrics.finished_time is not None]
+            done = [h for h in self.handles if h.done]
+        ms = [h.metrics for h in done]
+        ttfts = [t for m in ms if (t := m.time_to_first_token) is not None]
+        itls = [x for m in ms for x in m.inter_token_latencies]
+        out_tokens = sum(m.num_generation_tokens for m in ms)
+        ends = [m.finished_time for m in ms if m.finished_time is not None]
         seconds = (max(ends) - self.start_time) if ends and self.start_time is not None else 0.0
-        before, after = self._stats_before, self.service.stats()
+        before, after = self.stats_before, self.service.stats()
         queries = after.prefix_cache_queries - before.prefix_cache_queries if before else 0
         hits = after.prefix_cache_hits - before.prefix_cache_hits if before else 0
         return BenchResult(
             requests=self.total,
             finished=sum(1 for h in done if h.finish_reason in ("stop", "length")),
-            prompt_tokens=sum(h.metrics.num_prompt_tokens for h in done),
+            prompt_tokens=sum(m.num_prompt_tokens for m in ms),
             output_tokens=out_tokens,
             seconds=seconds,
             throughput=out_tokens / seconds if seconds > 0 else 0.0,
-            ttft_p50=percentile(ttfts, 50),
-            ttft_p99=percentile(ttfts, 99),
-            itl_p50=percentile(itls, 50),
-            itl_p99=percentile(itls, 99),
-            preemptions=sum(h.metrics.num_preemptions for h in done),
+            ttft_p50=percentile(ttfts, 50) or 0.0,
+            ttft_p99=percentile(ttfts, 99) or 0.0,
+            itl_p50=percentile(itls, 50) or 0.0,
+            itl_p99=percentile(itls, 99) or 0.0,
+            preemptions=sum(m.num_preemptions for m in ms),
             prefix_hit_rate=hits / queries if queries else 0.0,
         )

@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from nanovllm_tui.bench.workload import BenchRequest
 
@@ -102,7 +103,7 @@ def min_decode_steps(output_lens: Sequence[int], max_num_seqs: int) -> int:
     decodes = [max(o - 1, 0) for o in output_lens]
     if not decodes:
         return 0
-    return max(max(decodes), math.ceil(sum(decodes) / max_num_seqs))
+    return max(*decodes, math.ceil(sum(decodes) / max_num_seqs))
 
 
 def kv_token_reads(prompt_len: int, output_len: int) -> int:
@@ -159,7 +160,7 @@ def model_shape(model_dir: str, dtype_bytes: int) -> ModelShape:
     total = embed = head = 0
     for path in weight_files(model_dir):
         with safe_open(path, "pt", "cpu") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if "rotary_emb" in name:
                     continue
                 numel = math.prod(f.get_slice(name).get_shape())
@@ -228,3 +229,22 @@ def measure_matmul_tflops(device, dtype, n: int | None = None, iters: int = 10) 
     b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = _time_median(lambda: a @ b, device, iters)
     return 2 * n**3 / seconds / 1e12
+
+
+def measure_rates(
+    device: Any, dtype: Any, tp: int, bandwidth: float | None, peak_tflops: float | None
+) -> dict[str, Any]:
+    """Bandwidth and peak compute for the floor: given on the command line, else measured now (before the
+    engine takes the GPU's memory)."""
+    # Each rank streams its own shard: the rates add up.
+    times_tp = f", x{tp} ranks" if tp > 1 else ""
+    if bandwidth is not None:
+        bw, bw_src = bandwidth, "given"
+    else:
+        bw, bw_src = measure_copy_bandwidth(device) * tp, "measured: device copy, read+write" + times_tp
+    if peak_tflops is not None:
+        peak, peak_src = peak_tflops, "given"
+    else:
+        dtype_name = str(dtype).removeprefix("torch.")
+        peak, peak_src = measure_matmul_tflops(device, dtype) * tp, f"measured: {dtype_name} matmul" + times_tp
+    return {"bandwidth_gbs": bw, "bandwidth_source": bw_src, "peak_tflops": peak, "peak_source": peak_src}

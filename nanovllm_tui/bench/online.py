@@ -3,81 +3,81 @@ TPOT and end-to-end latency (as vLLM's benchmark_serving reports them) from the 
 
 from __future__ import annotations
 
-import threading
-import time
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
+from nanovllm_tui.bench.driver import LoadDriver
 from nanovllm_tui.bench.results import Distribution, OnlineResult
 from nanovllm_tui.bench.workload import BenchRequest, total_prompt_tokens
-from nanovllm_tui.engine import SamplingParams
-from nanovllm_tui.engine.stats import StepStats
+from nanovllm_tui.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from nanovllm_tui.engine.serving.protocol import Service
+    from nanovllm_tui.engine.serving.request_handle import RequestHandle
+    from nanovllm_tui.engine.stats import StepStats
+
+WARMUP_PROMPT = "Benchmark: "
 
 
 def run_online(
-    service,
+    service: Service,
     workload: list[BenchRequest],
     arrivals: list[float],
     request_rate: float,
     temperature: float,
+    *,
+    policy: str,
     warmup: bool = True,
     progress: bool = True,
     max_concurrency: int | None = None,
+    run_id: str = "bench",
+    timeout: float = 3600.0,
 ) -> tuple[OnlineResult, list[StepStats]]:
     """Submit request i at arrivals[i] seconds after the start (ignore_eos), wait for all, summarise.
 
-    Timings are the service's RequestMetrics (submit() to each sampled token, on the engine's clock), so how
-    fast this thread reads its handles does not change them. With max_concurrency, a request whose time has come
-    waits until fewer than that many are in flight (vLLM's --max-concurrency); its TTFT counts from submit.
-    Also returns every StepStats of the run (collected by a subscriber on the engine thread, so none is lost
-    to the service's ring buffer).
+    Timings are the service's RequestMetrics (submit() to each sampled token, on the engine's clock). With
+    max_concurrency, a request whose time has come waits until fewer than that many are in flight (vLLM's
+    --max-concurrency); its TTFT counts from submit. Also returns every StepStats of the run (collected by a
+    subscriber, so none is lost to the service's ring buffer). `policy` is the one the service runs now.
     """
-    if len(arrivals) != len(workload):
-        raise ValueError(f"{len(arrivals)} arrival times for {len(workload)} requests")
     if warmup:
-        ids = service.engine.tokenize("Benchmark: ") or [0]
+        ids = service.tokenize(WARMUP_PROMPT) or [0]
         service.submit(ids, SamplingParams(max_tokens=16)).result(timeout=600)
-    steps: list[StepStats] = []
-    slot_freed = threading.Event()
-
-    def on_step(step: StepStats) -> None:  # engine thread: must not block
-        steps.append(step)
-        if step.finished_request_ids:
-            slot_freed.set()
-
-    unsubscribe = service.subscribe(on_step)
+    driver = LoadDriver(
+        service,
+        workload,
+        arrivals,
+        temperature=temperature,
+        max_concurrency=max_concurrency,
+        run_id=run_id,
+        record_steps=True,
+    )
     bar = tqdm(total=len(workload), desc="online", unit="req", disable=not progress, dynamic_ncols=True)
-    handles = []
-    start = time.monotonic()
     try:
-        for r, at in zip(workload, arrivals):
-            delay = start + at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            while max_concurrency and sum(not h.done for h in handles) >= max_concurrency:
-                slot_freed.wait(0.05)
-                slot_freed.clear()
-            sp = SamplingParams(temperature=temperature, max_tokens=r.max_tokens, ignore_eos=True)
-            handles.append(service.submit(list(r.prompt_token_ids), sp))
-            bar.update(sum(h.done for h in handles) - bar.n)
-        while (done := sum(h.done for h in handles)) < len(handles):  # a fatal error fails (finishes) them all
-            bar.update(done - bar.n)
-            time.sleep(0.05)
-        for h in handles:
-            h.result(timeout=60)
+        driver.start()
+        driver.wait(timeout, on_progress=lambda n: bar.update(n - bar.n))
     finally:
-        unsubscribe()
         bar.close()
-    result = summarise(handles, workload, request_rate, service.engine.config.scheduling_policy, steps)
+    if driver.submit_error is not None:
+        raise RuntimeError(f"the service refused a request: {driver.submit_error}")
+    result = summarise(driver.handles, workload, request_rate, policy, driver.steps)
     result.max_concurrency = max_concurrency
-    return result, steps
+    return result, driver.steps
 
 
 def summarise(
-    handles, workload: list[BenchRequest], request_rate: float, policy: str, history: list[StepStats]
+    handles: list[RequestHandle],
+    workload: list[BenchRequest],
+    request_rate: float,
+    policy: str,
+    history: list[StepStats],
 ) -> OnlineResult:
     """Latency distributions and throughput from finished handles."""
-    ttft, itl, tpot, e2e = [], [], [], []
+    ttft: list[float] = []
+    itl: list[float] = []
+    tpot: list[float] = []
+    e2e: list[float] = []
     errors = output_tokens = 0
     first_arrival = min(h.metrics.arrival_time for h in handles)
     last_finish = first_arrival

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
+import os
+import platform
+import subprocess
 from typing import Any
 
 from nanovllm_tui.bench.floor import Floor
-from nanovllm_tui.bench.results import Distribution, OfflineResult, OnlineResult
+from nanovllm_tui.bench.results import OfflineResult, OnlineResult
 from nanovllm_tui.engine.stats import StepStats
 
 
@@ -81,8 +85,10 @@ def offline_table(results: list[OfflineResult]) -> str:
     """One row per engine; the last column is each engine's throughput relative to the first (ours)."""
     base = results[0].output_tok_s
     lines = [
-        f"{'engine':<20} {'requests':>8} {'out tokens':>11} {'seconds':>9} {'out tok/s':>11} "
-        f"{'total tok/s':>12} {'errors':>6} {'vs ours':>8}"
+        (
+            f"{'engine':<20} {'requests':>8} {'out tokens':>11} {'seconds':>9} {'out tok/s':>11} "
+            f"{'total tok/s':>12} {'errors':>6} {'vs ours':>8}"
+        )
     ]
     for r in results:
         rel = r.output_tok_s / base if base else 0.0
@@ -108,18 +114,21 @@ def online_table(r: OnlineResult) -> str:
     rate = "inf" if r.request_rate == math.inf else f"{r.request_rate:g}"
     cap = f", at most {r.max_concurrency} in flight" if r.max_concurrency else ""
     lines = [
-        f"Online ({r.policy}): {r.num_requests} requests at {rate} req/s{cap}, duration {r.duration:.2f} s, "
-        f"errors {r.num_errors}",
-        f"  request throughput {r.request_throughput:.2f} req/s, output {r.output_tok_s:,.1f} tok/s, "
-        f"mean in flight {r.mean_in_flight:.1f} (Little), mean running {_fmt(r.mean_running, 1)}",
+        (
+            f"Online ({r.policy}): {r.num_requests} requests at {rate} req/s{cap}, duration {r.duration:.2f} s, "
+            f"errors {r.num_errors}"
+        ),
+        (
+            f"  request throughput {r.request_throughput:.2f} req/s, output {r.output_tok_s:,.1f} tok/s, "
+            f"mean in flight {r.mean_in_flight:.1f} (Little), mean running {_fmt(r.mean_running, 1)}"
+        ),
         f"  {'ms':<6} {'mean':>9} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}",
     ]
     for name, d in (("TTFT", r.ttft), ("ITL", r.itl), ("TPOT", r.tpot), ("E2E", r.e2e)):
-        d: Distribution
         lines.append(
             f"  {name:<6} {_fmt(d.mean):>9} {_fmt(d.p50):>9} {_fmt(d.p90):>9} {_fmt(d.p99):>9} {_fmt(d.max):>9}"
         )
-    if r.itl.p50:
+    if r.itl.p50 and r.itl.p99 is not None:
         lines.append(f"  ITL p99 / p50 = {r.itl.p99 / r.itl.p50:.2f}")
     return "\n".join(lines)
 
@@ -136,11 +145,53 @@ def floor_table(f: Floor, seconds: float, bandwidth_source: str, compute_source:
     per_step = f.weight_bytes / f.decode_steps if f.decode_steps else 0
     return "\n".join(
         [
-            f"Floor: {f.decode_steps} decode steps x {_si(per_step, 'B')} weights + {_si(f.kv_bytes, 'B')} KV reads "
-            f"= {_si(f.bytes_total, 'B')}; {_si(f.flops, 'FLOP')}",
-            f"  memory : {_si(f.bandwidth_gbs * 1e9, 'B/s')} ({bandwidth_source}) -> {f.memory_seconds:.4f} s = "
-            f"{f.memory_tok_s:,.0f} tok/s; achieved {f.memory_seconds / seconds:.3f} of it",
-            f"  compute: {_si(f.peak_tflops * 1e12, 'FLOP/s')} ({compute_source}) -> {f.compute_seconds:.4f} s = "
-            f"{f.compute_tok_s:,.0f} tok/s; achieved {f.compute_seconds / seconds:.3f} of it",
+            (
+                f"Floor: {f.decode_steps} decode steps x {_si(per_step, 'B')} weights + {_si(f.kv_bytes, 'B')} KV reads "
+                f"= {_si(f.bytes_total, 'B')}; {_si(f.flops, 'FLOP')}"
+            ),
+            (
+                f"  memory : {_si(f.bandwidth_gbs * 1e9, 'B/s')} ({bandwidth_source}) -> {f.memory_seconds:.4f} s = "
+                f"{f.memory_tok_s:,.0f} tok/s; achieved {f.memory_seconds / seconds:.3f} of it"
+            ),
+            (
+                f"  compute: {_si(f.peak_tflops * 1e12, 'FLOP/s')} ({compute_source}) -> {f.compute_seconds:.4f} s = "
+                f"{f.compute_tok_s:,.0f} tok/s; achieved {f.compute_seconds / seconds:.3f} of it"
+            ),
         ]
     )
+
+
+def environment(device: Any) -> dict[str, Any]:
+    """Where and with what the run happened (the --json document's "environment")."""
+    import torch
+    import transformers
+
+    commit = os.environ.get("NANOVLLM_COMMIT")
+    if not commit:
+        try:
+            # --dirty: a run from a working tree that differs from its commit says so (e.g. "75f4767-dirty").
+            commit = (
+                subprocess.run(
+                    ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                    cwd=os.path.dirname(os.path.abspath(__file__)),
+                ).stdout.strip()
+                or None
+            )
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit,
+        "host": platform.node(),
+        "device": str(device),
+        "gpu": gpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }

@@ -58,8 +58,14 @@ class Distribution:
     @classmethod
     def of_seconds(cls, values: list[float]) -> Distribution:
         ms = [v * 1e3 for v in values]
-        pct = [percentile(ms, q) for q in (50, 90, 99)]
-        return cls(sum(ms) / len(ms) if ms else None, *pct, max(ms) if ms else None, len(ms))
+        return cls(
+            mean=sum(ms) / len(ms) if ms else None,
+            p50=percentile(ms, 50),
+            p90=percentile(ms, 90),
+            p99=percentile(ms, 99),
+            max=max(ms) if ms else None,
+            count=len(ms),
+        )
 
 
 @dataclass(slots=True)
