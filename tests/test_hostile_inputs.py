@@ -41,6 +41,7 @@ BAD_PARAMS = {
     "top_p_zero": (dict(top_p=0.0), "top_p"),
     "top_k_zero": (dict(top_k=0), "top_k"),
     "seed_float": (dict(seed=1.5), "seed"),
+    "seed_beyond_64_bits": (dict(seed=2**200), "seed=.* must be a 64-bit integer"),
     "stop_too_long": (dict(stop=["x" * 5000]), "at most 1024"),
     "stop_not_str": (dict(stop=[1, 2]), "stop must be"),
 }
@@ -95,7 +96,7 @@ def test_bad_sampling_values_raise(name):
 
 
 def test_huge_max_tokens_names_max_model_len(llm):
-    with pytest.raises(ValueError, match="max_tokens \\(1000000000000\\).*max_model_len=128"):
+    with pytest.raises(ValueError, match=r"max_tokens \(1000000000000\).*max_model_len=128"):
         llm.add_request("hi", SamplingParams(max_tokens=10**12))
 
 
@@ -113,7 +114,7 @@ def test_extreme_sampling_values_run_and_degenerate_to_greedy(llm):
     assert hot_top_k1["token_ids"] == greedy
 
 
-@pytest.mark.parametrize("seed", [-1, -(2**63), 2**64 - 1, 2**200])
+@pytest.mark.parametrize("seed", [-1, -(2**63), 2**64 - 1])
 def test_negative_and_huge_seeds_are_deterministic(llm, seed):
     sp = SamplingParams(temperature=1.0, max_tokens=8, ignore_eos=True, seed=seed)
     first = _gen(llm, "Once upon a time", sp)["token_ids"]
@@ -131,14 +132,14 @@ def test_thousands_of_stop_strings(llm):
     assert out["finish_reason"] == "length"
     stop_at = plain["text"][len(plain["text"]) // 2 :][:3]
     if stop_at.strip():
-        cut = _gen(llm, prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=never + [stop_at]))
+        cut = _gen(llm, prompt, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[*never, stop_at]))
         assert cut["finish_reason"] == "stop" and cut["text"] == plain["text"][: plain["text"].find(stop_at)]
 
 
 def test_hostile_inputs_through_the_service(llm):
     """The service validates in the caller's thread (ValueError at submit) and keeps serving."""
     with EngineService(llm) as svc:
-        for name, (prompt, needle) in sorted(BAD_PROMPTS.items()):
+        for prompt, needle in BAD_PROMPTS.values():
             with pytest.raises(ValueError, match=needle):
                 svc.submit(prompt, GREEDY)
         handles = {name: svc.submit(p, GREEDY) for name, p in VALID_ODD_PROMPTS.items()}

@@ -1,14 +1,25 @@
-"""SamplingParams: how one request samples and when it stops; validated on construction."""
+"""SamplingParams: how one request samples and when it stops; validated on construction, immutable after.
+
+Every field is bounded to what the kernels take (int64 / int32 buffers, float32 temperatures), so a request
+that passes here cannot overflow a step and fail the requests batched with it. Bounds that depend on the
+model (top_k and stop_token_ids against the vocabulary) are checked by the engine at add_request.
+"""
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
+from typing import Any
 
 MAX_STOP_CHARS = 1024
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+SEED_RANGE = (-(2**63), 2**64 - 1)  # torch.Generator.manual_seed's range: a seed is any 64-bit pattern
+FLOAT32_MAX = 3.4028234663852886e38  # temperatures and top_p travel as float32
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class SamplingParams:
     """temperature=0 means greedy; top_k=-1 and top_p=1 disable those filters."""
 
@@ -22,32 +33,82 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        t = self.temperature
-        if not isinstance(t, (int, float)) or math.isnan(t) or t < 0 or math.isinf(t):
-            raise ValueError(f"temperature={t!r} must be a finite number >= 0 (0 = greedy)")
-        if not isinstance(self.top_k, int) or (self.top_k != -1 and self.top_k < 1):
-            raise ValueError(f"top_k={self.top_k!r} must be -1 (off) or an integer >= 1")
-        p = self.top_p
-        if not isinstance(p, (int, float)) or math.isnan(p) or not 0.0 < p <= 1.0:
-            raise ValueError(f"top_p={p!r} must be in (0, 1]")
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens={self.max_tokens!r} must be an integer >= 1")
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        if self.stop is not None:
-            if not all(isinstance(s, str) for s in self.stop):
-                raise ValueError("stop must be a string or a list of strings")
-            self.stop = [s for s in self.stop if s]
-            longest = max((len(s) for s in self.stop), default=0)
-            if longest > MAX_STOP_CHARS:  # detokenizing rescans this much text per token
-                raise ValueError(
-                    f"a stop string has {longest} characters; stop strings may have at most {MAX_STOP_CHARS}"
-                )
-        if self.stop_token_ids is not None and not all(isinstance(i, int) and i >= 0 for i in self.stop_token_ids):
-            raise ValueError(f"stop_token_ids={self.stop_token_ids!r} must be non-negative integers")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise ValueError(f"seed={self.seed!r} must be an integer or None")
+        # Frozen: the normalised values are set through object.__setattr__, once, here.
+        set_ = object.__setattr__
+        t = _real("temperature", self.temperature, "a finite number >= 0 (0 = greedy)")
+        if not 0.0 <= t <= FLOAT32_MAX:
+            raise ValueError(f"temperature={self.temperature!r} must be a finite number >= 0 (0 = greedy)")
+        set_(self, "temperature", t)
+        top_k = _integer("top_k", self.top_k, "-1 (off) or an integer >= 1")
+        if top_k != -1 and not 1 <= top_k <= INT32_MAX:
+            raise ValueError(f"top_k={self.top_k!r} must be -1 (off) or an integer in [1, {INT32_MAX}]")
+        set_(self, "top_k", top_k)
+        p = _real("top_p", self.top_p, "a number in (0, 1]")
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"top_p={self.top_p!r} must be in (0, 1]")
+        set_(self, "top_p", p)
+        n = _integer("max_tokens", self.max_tokens, "an integer >= 1")
+        if not 1 <= n <= INT64_MAX:
+            raise ValueError(f"max_tokens={self.max_tokens!r} must be an integer in [1, {INT64_MAX}]")
+        set_(self, "max_tokens", n)
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"ignore_eos={self.ignore_eos!r} must be True or False")
+        set_(self, "stop", _stop_strings(self.stop))
+        set_(self, "stop_token_ids", _stop_token_ids(self.stop_token_ids))
+        if self.seed is not None:
+            seed = _integer("seed", self.seed, "an integer or None")
+            if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+                raise ValueError(f"seed={self.seed!r} must be a 64-bit integer in [-2**63, 2**64 - 1] or None")
+            set_(self, "seed", seed)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """The stop strings as validated (a list, empty for none)."""
+        return self.stop if isinstance(self.stop, list) else []
+
+
+def _real(name: str, value: Any, allowed: str) -> float:
+    """A real number (not a bool) as a float; ValueError naming the field otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}={value!r} must be {allowed}, got {type(value).__name__}")
+    try:
+        out = float(value)
+    except OverflowError:
+        raise ValueError(f"{name}={value!r} is too large; it must be {allowed}") from None
+    if math.isnan(out) or math.isinf(out):
+        raise ValueError(f"{name}={value!r} must be {allowed}")
+    return out
+
+
+def _integer(name: str, value: Any, allowed: str) -> int:
+    """An integer (not a bool, not a float) as an int; ValueError naming the field otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name}={value!r} must be {allowed}, got {type(value).__name__}")
+    return int(value)
+
+
+def _stop_strings(stop: Any) -> list[str] | None:
+    if stop is None:
+        return None
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise ValueError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
+    longest = max((len(s) for s in stop), default=0)
+    if longest > MAX_STOP_CHARS:  # detokenizing rescans this much text per token
+        raise ValueError(f"a stop string has {longest} characters; stop strings may have at most {MAX_STOP_CHARS}")
+    return [s for s in stop if s]
+
+
+def _stop_token_ids(ids: Any) -> list[int] | None:
+    if ids is None:
+        return None
+    if not isinstance(ids, (list, tuple)) or not all(
+        isinstance(i, numbers.Integral) and not isinstance(i, bool) and 0 <= int(i) <= INT64_MAX for i in ids
+    ):
+        raise ValueError(f"stop_token_ids={ids!r} must be a list of non-negative integer token ids")
+    return [int(i) for i in ids]
