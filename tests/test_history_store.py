@@ -72,6 +72,10 @@ def test_rename_delete_truncate_and_reopen(store):
     store.set_open("b", False)
     assert [r.id for r in store.reopen(5)] == [a, c]  # open ones, oldest first (tab order)
     assert [r.id for r in store.reopen(1)] == [c]  # the most recent
+    store.keep_open(["c"])  # the chats not reopened drop out of the next reopen
+    assert [r.id for r in store.reopen(5)] == [c]
+    loaded = store.load_uid("a")
+    assert loaded is not None and loaded.id == a and store.load_uid("zz") is None
     store.rename(a, "renamed")
     store.truncate("a", 0)
     got = store.load(a)

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from nanovllm_tui.app.history.records import COMPLETE, MessageRecord, SessionRecord, status_of, title_from
+from nanovllm_tui.app.history.records import COMPLETE, STOPPED, MessageRecord, SessionRecord, status_of, title_from
 from nanovllm_tui.app.history.writer import HistoryWriter
 from nanovllm_tui.app.metrics import decode_rate
 from nanovllm_tui.app.session import ChatSession, SessionSettings
@@ -81,6 +81,18 @@ class Recorder:
         t = self.tracked.pop(session.number, None)
         if t is not None and t.title is not None:
             self._write(lambda store: store.set_open(t.uid, False))
+
+    def save_partial(self, session: ChatSession) -> None:
+        """Save the answer still streaming (its chat or the app is closing) with its text so far, as stopped."""
+        t, h = self.tracked.get(session.number), session.handle
+        if t is None or h is None or h.finished or self.writer is None:
+            return
+        self.sync(session)  # the question first
+        h.drain()
+        record = answer_record(h, t.next_seq)
+        record.status, record.finish_reason = STOPPED, "abort"
+        t.handle = None
+        self._append(session, t, record)
 
     def title(self, number: int) -> str | None:
         t = self.tracked.get(number)

@@ -14,68 +14,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from nanovllm_tui.app.history.checks import BUSY_TIMEOUT_S, HistoryUnavailable, check_file, check_location, reason
 from nanovllm_tui.app.history.records import MessageRecord, SessionRecord, settings_from, settings_to_json
-from nanovllm_tui.app.history.schema import SCHEMA_VERSION, migrate, user_version
-
-BUSY_TIMEOUT_S = 5.0  # another instance's write in progress: wait this long for it, then report the lock
+from nanovllm_tui.app.history.schema import migrate
 
 SESSION_COLUMNS = "s.id, s.uid, s.title, s.created_at, s.updated_at, s.model, s.system_prompt, s.settings, s.open"
 MESSAGE_COLUMNS = (
     "seq, role, content, reasoning, status, finish_reason, error, prompt_tokens, cached_tokens, "
     "completion_tokens, ttft, tok_s, created_at"
 )
-
-
-class HistoryUnavailable(Exception):
-    """History cannot be used with this file; the message is one line saying why."""
-
-
-def _reason(path: Path, exc: sqlite3.Error) -> str:
-    """One line for a sqlite error met while opening `path`."""
-    text = str(exc)
-    if "not a database" in text:
-        return f"{path} is not a SQLite database"
-    if "malformed" in text or "corrupt" in text:
-        return f"{path} is corrupt ({text})"
-    if "readonly" in text or "read-only" in text:
-        return f"{path} is read-only"
-    if "locked" in text or "busy" in text:
-        return f"{path} is in use by another program and stayed locked for {BUSY_TIMEOUT_S:g} s"
-    if "unable to open" in text:
-        return f"{path} cannot be opened ({text})"
-    return f"{path}: {text}"
-
-
-def _prepare_dir(path: Path, create: bool) -> None:
-    parent = path.parent
-    if not parent.is_dir():
-        if not create:
-            raise HistoryUnavailable(f"the directory {parent} does not exist")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise HistoryUnavailable(f"cannot create {parent} ({exc.strerror or exc})") from None
-    if path.exists() and not path.is_file():
-        raise HistoryUnavailable(f"{path} is not a regular file")
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        raise HistoryUnavailable(f"{path} is read-only")
-    # WAL keeps two files beside the database: the directory must take new files.
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise HistoryUnavailable(f"the directory {parent} is read-only")
-
-
-def _check(conn: sqlite3.Connection, path: Path) -> None:
-    """Refuse a newer schema or a damaged file before anything is written."""
-    found = user_version(conn)
-    if found > SCHEMA_VERSION:
-        raise HistoryUnavailable(
-            f"{path} has history schema v{found}, newer than this nanovllm-tui's v{SCHEMA_VERSION}; "
-            "upgrade nanovllm-tui or pick another file with --history"
-        )
-    problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
-    if problems != ["ok"]:
-        detail = " ".join("; ".join(problems).split())
-        raise HistoryUnavailable(f"{path} is corrupt ({detail[:160]})")
 
 
 class HistoryStore:
@@ -91,7 +38,7 @@ class HistoryStore:
         """Open (creating if absent) and migrate; HistoryUnavailable says why not. Any thread may use the
         result afterwards, one at a time."""
         path = Path(os.path.abspath(path))
-        _prepare_dir(path, create_dir)
+        check_location(path, create_dir)
         mode = "rw" if path.exists() else "rwc"
         try:
             conn = sqlite3.connect(
@@ -102,9 +49,9 @@ class HistoryStore:
                 check_same_thread=False,
             )
         except sqlite3.Error as exc:
-            raise HistoryUnavailable(_reason(path, exc)) from None
+            raise HistoryUnavailable(reason(path, exc)) from None
         try:
-            _check(conn, path)
+            check_file(conn, path)
             if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
                 raise HistoryUnavailable(f"{path} cannot use write-ahead logging (WAL)")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses no commit
@@ -115,7 +62,7 @@ class HistoryStore:
             raise
         except sqlite3.Error as exc:
             conn.close()
-            raise HistoryUnavailable(_reason(path, exc)) from None
+            raise HistoryUnavailable(reason(path, exc)) from None
         return cls(conn, path, found)
 
     def close(self) -> None:
@@ -184,6 +131,11 @@ class HistoryStore:
     def set_open(self, uid: str, is_open: bool) -> None:
         self.conn.execute("UPDATE sessions SET open = ? WHERE uid = ?", (int(is_open), uid))
 
+    def keep_open(self, uids: list[str]) -> None:
+        """Only these sessions are open as tabs now (the ones not reopened drop out of the next reopen)."""
+        marks = ",".join("?" * len(uids))
+        self.conn.execute(f"UPDATE sessions SET open = (uid IN ({marks})) WHERE open != (uid IN ({marks}))", uids * 2)
+
     def rename(self, session_id: int, title: str) -> None:
         self.conn.execute("UPDATE sessions SET title = ? WHERE id = ?", (title, session_id))
 
@@ -225,6 +177,10 @@ class HistoryStore:
         )
         record.messages = [self._message(row) for row in rows]
         return record
+
+    def load_uid(self, uid: str) -> SessionRecord | None:
+        row = self.conn.execute("SELECT id FROM sessions WHERE uid = ?", (uid,)).fetchone()
+        return None if row is None else self.load(row[0])
 
     def reopen(self, limit: int) -> list[SessionRecord]:
         """The `limit` most recently updated sessions that were open as tabs, oldest first (tab order)."""
