@@ -70,7 +70,7 @@ def _wall(engine: LLMEngine, steps: int, check) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model")
     ap.add_argument("--batch", type=int, default=256)
@@ -79,7 +79,11 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--sync", action="store_true", help="no pipelined decoding (async_scheduling=False)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _parse_args()
     model = args.model or str(make_random_model(tempfile.mkdtemp(prefix="prof-qwen3-"), seed=0, device="cuda"))
     engine = LLMEngine(
         model,

@@ -6,7 +6,7 @@
 #   bash scripts/bench_gpu.sh                  # everything (not yet timed; transformers CB alone ~3 min at ~710 tok/s)
 #   bash scripts/bench_gpu.sh single online    # only some parts: offline | single | online
 #
-# Environment: OUT (default ./bench-out), CONFIG (default benchmarks/configs/qwen3-0.6b.json), CONCURRENCY (64),
+# Environment: OUT (default ./bench-out), CONFIG (default benchmarks/configs/qwen3-0.6b.json), CONCURRENCY (64), BLOCK (256),
 # EXTRA (flags put before each part's own, e.g. a small workload and --device cpu for a dry run on CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,10 +19,14 @@ CONCURRENCY=${CONCURRENCY:-64}
 PARTS=${*:-offline single online}
 LOG="$OUT/bench.log"
 
+# nano-vllm's KV block size, as in every figure of benchmarks/RESULTS.md (the CLI's default is the app's 16;
+# flash-attn needs a multiple of 256).
+BLOCK=${BLOCK:-256}
+
 bench() {  # bench NAME ARGS...: one `nanovllm-tui bench` run, its JSON to $OUT/NAME.json, output to the log
     local name=$1; shift
-    echo "== $name: python3 -m nanovllm_tui.bench ${EXTRA:-} $* --config $CONFIG --json $OUT/$name.json" | tee -a "$LOG"
-    python3 -m nanovllm_tui.bench ${EXTRA:-} "$@" --config "$CONFIG" --no-progress --json "$OUT/$name.json" 2>&1 | tee -a "$LOG"
+    echo "== $name: python3 -m nanovllm_tui.bench ${EXTRA:-} --block-size $BLOCK $* --config $CONFIG --json $OUT/$name.json" | tee -a "$LOG"
+    python3 -m nanovllm_tui.bench ${EXTRA:-} --block-size "$BLOCK" "$@" --config "$CONFIG" --no-progress --json "$OUT/$name.json" 2>&1 | tee -a "$LOG"
     echo "== $name: exit ${PIPESTATUS[0]}, $(date -u +%T)" | tee -a "$LOG"
 }
 

@@ -6,11 +6,12 @@ set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1 NANOVLLM_TUI_CACHE=${NANOVLLM_TUI_CACHE:-/tmp/nvt}
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"
 C=benchmarks/configs/qwen3-0.6b.json
-python3 -m nanovllm_tui.bench offline --no-progress --config $C --json $OUT/offline.json 2>&1 \
+B=256  # nano-vllm's block size, as the sweep in RESULTS.md (the CLI's default is the app's 16)
+python3 -m nanovllm_tui.bench offline --no-progress --config $C --block-size $B --json $OUT/offline.json 2>&1 \
     | grep -v "Writing model\|Loading" | tail -8 | tee -a $OUT/bench.log
 for cap in ${*:-256 512 768}; do
   echo "== online, --mixed-prefill-tokens $cap" | tee -a $OUT/bench.log
-  python3 -m nanovllm_tui.bench online --no-progress --config $C --request-rate inf --max-concurrency 64 \
+  python3 -m nanovllm_tui.bench online --no-progress --config $C --block-size $B --request-rate inf --max-concurrency 64 \
       --policy mixed --mixed-prefill-tokens $cap --trace $OUT/trace-$cap.jsonl --json $OUT/online-$cap.json 2>&1 \
       | grep -v "Writing model\|Loading" | tail -9 | tee -a $OUT/bench.log
   python3 - "$OUT/trace-$cap.jsonl" <<'PY' | tee -a $OUT/bench.log
