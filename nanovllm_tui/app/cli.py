@@ -305,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         return run_bench(argv[1:])
+    if argv and argv[0] == "serve":
+        from nanovllm_tui.server.cli import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
