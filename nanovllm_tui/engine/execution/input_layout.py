@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 
+Buf = TypeVar("Buf", torch.Tensor, np.ndarray)  # host buffers are numpy views, device ones tensors
 _ALIGN_BYTES = 16  # Triton specialises pointer arguments on 16-byte alignment: keep every view aligned
 
 
@@ -65,10 +68,10 @@ class Layout:
     def sizef(self) -> int:
         return self._spans[1][2]
 
-    def views(self, b64: torch.Tensor, b32: torch.Tensor, bf: torch.Tensor) -> dict[str, torch.Tensor]:
+    def views(self, b64: Buf, b32: Buf, bf: Buf) -> dict[str, Buf]:
         """Named views of this layout into three flat buffers (host or device)."""
         spans = self._spans[0]
-        out = {}
+        out: dict[str, Buf] = {}
         for fields, buf in zip(self._fields(), (b64, b32, bf)):
             for name, _ in fields:
                 lo, hi = spans[name]
@@ -80,14 +83,15 @@ class Layout:
 @functools.lru_cache(maxsize=1024)
 def _layout_spans(layout: Layout) -> tuple[dict[str, tuple[int, int]], tuple[int, int, int]]:
     """Offsets per field and buffer sizes, cached by shape: builders make a fresh Layout every step."""
-    spans, sizes = {}, []
-    for fields, itemsize in zip(layout._fields(), (8, 4, 4)):
+    spans: dict[str, tuple[int, int]] = {}
+    sizes = [0, 0, 0]
+    for i, (fields, itemsize) in enumerate(zip(layout._fields(), (8, 4, 4))):
         offset = 0
         for name, n in fields:
             spans[name] = (offset, offset + n)
             offset = _align(offset + n, itemsize)
-        sizes.append(offset)
-    return spans, tuple(sizes)
+        sizes[i] = offset
+    return spans, (sizes[0], sizes[1], sizes[2])
 
 
 class DeviceBuffers:

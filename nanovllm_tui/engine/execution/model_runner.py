@@ -207,9 +207,8 @@ class ModelRunner(StepRunner):
         last = self._last_generators
         if last is not None and last[0] is samplers:
             return last[1]
-        gens: list[torch.Generator | None] | None = [s.generator for s in samplers]
-        if all(g is None for g in gens):
-            gens = None
+        rows = [s.generator for s in samplers]
+        gens = None if all(g is None for g in rows) else rows
         self._last_generators = (samplers, gens)
         return gens
 
