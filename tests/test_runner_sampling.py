@@ -65,3 +65,26 @@ def test_sampler_with_seeds_flags_non_finite_rows_on_the_torch_path(temperature:
 
 def _generators(n: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(i) for i in range(n)]
+
+
+def test_tiny_temperatures_are_greedy_on_the_torch_path() -> None:
+    """logits / T overflows float32 for T below ~1e-37: such rows are greedy, not NaN probabilities."""
+    gen = torch.Generator().manual_seed(0)
+    logits = 50 * torch.randn(5, 300, generator=gen)
+    temps = torch.tensor([1e-44, 1e-40, 1e-37, 5e-6, 0.0])
+    seeds = torch.arange(5, dtype=torch.int64)
+    for kwargs in ({}, {"seeds": seeds, "offsets": seeds}):
+        tokens = Sampler()(logits, temps, None, None, _generators(5), all_greedy=False, **kwargs)
+        assert tokens.tolist() == logits.argmax(dim=-1).tolist()
+
+
+def test_torch_path_flags_scores_that_overflow() -> None:
+    """The non-finite check looks at what is sampled from (logits / T), not only at the logits."""
+    logits = torch.randn(3, 50)
+    logits[0, 7] = 1e36  # / 1e-5 overflows float32
+    logits[1, 7] = 1e36  # the same logit in a greedy row is its argmax
+    temps = torch.tensor([1e-5, 0.0, 0.8])
+    seeds = torch.arange(3, dtype=torch.int64)
+    tokens = Sampler()(logits, temps, None, None, _generators(3), all_greedy=False, seeds=seeds, offsets=seeds)
+    assert tokens.tolist()[:2] == [-1, 7]
+    assert 0 <= int(tokens[2]) < 50

@@ -167,3 +167,32 @@ def test_bad_arguments_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="noise="):
         sample(logits, torch.ones(2), noise="gauss")
     assert sample(torch.zeros(0, 10), torch.zeros(0), noise="off").shape == (0,)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_tiny_temperatures_are_greedy(num_splits: int, gen) -> None:
+    """Below MIN_TEMPERATURE a row is greedy: 1/T would overflow float32 (T < 3e-39) and scale logits to inf."""
+    logits = 100 * torch.randn(5, VOCAB, generator=gen)
+    temps = torch.tensor([1e-40, 1e-38, 1e-30, 5e-6, 0.0])
+    seeds, offsets = rows_seeds(5)
+    tokens = sample(logits, temps, seeds, offsets, num_splits=num_splits)
+    assert torch.equal(tokens, logits.argmax(dim=-1))
+    assert torch.equal(tokens, sample_reference(logits, temps))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the interpreter's x * (1/T)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # and its inf * 0
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_scores_that_overflow_are_flagged_like_non_finite_logits(num_splits: int, gen) -> None:
+    """The check is on what is sampled from: finite logits whose logits / T overflow float32 give -1, not a
+    token picked among infinities."""
+    logits = torch.randn(3, VOCAB, generator=gen)
+    logits[0, 17] = 1e36  # * 1/T = 1e5 overflows float32
+    logits[1, 17] = 1e36  # the same logit in a greedy row is fine: it is the argmax
+    temps = torch.tensor([1e-5, 0.0, 1e-5])
+    seeds, offsets = rows_seeds(3)
+    noise = torch.zeros(3, VOCAB)
+    tokens = sample(logits, temps, seeds, offsets, num_splits=num_splits, noise_out=noise)
+    assert tokens.tolist()[:2] == [-1, 17]
+    assert 0 <= int(tokens[2]) < VOCAB
+    assert torch.equal(tokens, sample_reference(logits, temps, noise))

@@ -17,11 +17,15 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 SEED_RANGE = (-(2**63), 2**64 - 1)  # torch.Generator.manual_seed's range: a seed is any 64-bit pattern
 FLOAT32_MAX = 3.4028234663852886e38  # temperatures and top_p travel as float32
+# Below this a temperature is greedy (vLLM's _SAMPLING_EPS): logits / T overflows float32 long before T
+# reaches 0. The samplers (kernels/sample_ref.py: MIN_TEMPERATURE) use the same threshold.
+MIN_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """temperature=0 means greedy; top_k=-1 and top_p=1 disable those filters."""
+    """temperature=0 means greedy (so does any temperature below MIN_TEMPERATURE, stored as 0); top_k=-1 and
+    top_p=1 disable those filters."""
 
     temperature: float = 1.0
     top_k: int = -1
@@ -38,7 +42,7 @@ class SamplingParams:
         t = _real("temperature", self.temperature, "a finite number >= 0 (0 = greedy)")
         if not 0.0 <= t <= FLOAT32_MAX:
             raise ValueError(f"temperature={self.temperature!r} must be a finite number >= 0 (0 = greedy)")
-        set_(self, "temperature", t)
+        set_(self, "temperature", t if t >= MIN_TEMPERATURE else 0.0)
         top_k = _integer("top_k", self.top_k, "-1 (off) or an integer >= 1")
         if top_k != -1 and not 1 <= top_k <= INT32_MAX:
             raise ValueError(f"top_k={self.top_k!r} must be -1 (off) or an integer in [1, {INT32_MAX}]")

@@ -5,7 +5,8 @@ picks v with probability softmax(logits / T)_v (the Gumbel-max trick); T = 0 row
 u_v comes from Philox keyed by the row's 64-bit seed, with counter (lane(v), offset_lo, offset_hi, 0):
 the noise of token v depends only on (seed, offset, v), never on the batch or on how the vocabulary is
 split over programs, so a seeded request keyed by (its seed, its token position) samples the same tokens
-in any batch. Rows with a NaN or inf logit return -1. No host syncs: the grid depends on shapes only.
+in any batch. Rows with T < MIN_TEMPERATURE are greedy (1/T would overflow). Rows whose scores (logits / T,
+what is sampled from) have a NaN or inf return -1. No host syncs: the grid depends on shapes only.
 
 Layout: the vocabulary is cut into NOISE_TILE-token tiles; one Philox call gives four 32-bit words, used
 for the four quarters of a tile (token t*TILE + q*TILE/4 + l takes word q of counter t*TILE/4 + l).
@@ -25,7 +26,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from nanovllm_tui.kernels.sample_ref import MAX_INV_TEMPERATURE
+from nanovllm_tui.kernels.sample_ref import MAX_INV_TEMPERATURE, MIN_TEMPERATURE
 
 NOISE_TILE = 1024  # fixed: changing it changes which Philox word each token gets (seeded outputs would change)
 MAX_SPLITS = 128  # also the reduce kernel's fixed width: split counts are runtime values, so no recompiles
@@ -51,7 +52,9 @@ def _scan(
     WRITE_NOISE: tl.constexpr,
     FAST_LOG: tl.constexpr,
 ):
-    """(max score, its lowest index, NaN-if-non-finite) over tiles [tile_lo, tile_hi) of one row."""
+    """(max score, its lowest index, NaN-if-non-finite) over tiles [tile_lo, tile_hi) of one row.
+
+    The non-finite check is on x * inv_t, what is sampled from: finite logits can still overflow there."""
     Q: tl.constexpr = TILE // 4
     lane = tl.arange(0, Q)
     best_val = tl.full([Q], float("-inf"), tl.float32)
@@ -67,7 +70,8 @@ def _scan(
             idx = t * TILE + q * Q + lane
             ok = idx < vocab
             x = tl.load(row_ptr + idx, mask=ok, other=0.0).to(tl.float32)
-            bad = bad + x * 0.0  # turns NaN for good once any logit is NaN or +-inf
+            scaled = x * inv_t
+            bad = bad + scaled * 0.0  # turns NaN for good once any score is NaN or +-inf
             if WITH_NOISE:
                 if q == 0:
                     words = w0
@@ -89,9 +93,9 @@ def _scan(
                     g = -tl.log(e)
                 if WRITE_NOISE:
                     tl.store(noise_row_ptr + idx, g, mask=ok)
-                s = x * inv_t + g
+                s = scaled + g
             else:
-                s = x * inv_t
+                s = scaled
             s = tl.where(ok, s, float("-inf"))
             # Strict >: a lane visits its tokens in increasing order, so ties keep the lowest index.
             take = s > best_val
@@ -124,6 +128,7 @@ def _sample_kernel(
     HAS_OFFSETS: tl.constexpr,
     WRITE_NOISE: tl.constexpr,
     MAX_INV_T: tl.constexpr,
+    MIN_T: tl.constexpr,
     FAST_LOG: tl.constexpr,
 ):
     """One program per (row, split): the split's best (score, index) and non-finite flag, or the token if 1 split."""
@@ -135,7 +140,7 @@ def _sample_kernel(
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     noise_row_ptr = noise_ptr + row.to(tl.int64) * vocab
     temp = tl.load(temps_ptr + row)
-    if temp > 0:
+    if temp >= MIN_T:
         inv_t = tl.minimum(tl.div_rn(1.0, temp), MAX_INV_T)
         if NOISE:
             seed = tl.load(seeds_ptr + row)
@@ -168,11 +173,12 @@ def _sample_kernel(
     else:
         m, idx, bad = _scan(row_ptr, noise_row_ptr, vocab, tile_lo, tile_hi, 1.0, 0, 0, 0, TILE, False, False, False)
     if SPLIT:
-        # A non-finite split reports NaN as its max; the reduce turns that into -1 for the row.
-        tl.store(part_val_ptr + row * num_splits + split, tl.where(bad == bad, m, float("nan")))
+        # A non-finite split reports NaN as its max; the reduce turns that into -1 for the row. (x == x is
+        # Triton's NaN test.)
+        tl.store(part_val_ptr + row * num_splits + split, tl.where(bad == bad, m, float("nan")))  # noqa: PLR0124
         tl.store(part_idx_ptr + row * num_splits + split, idx)
     else:
-        tl.store(out_ptr + row, tl.where(bad == bad, idx.to(tl.int64), -1))
+        tl.store(out_ptr + row, tl.where(bad == bad, idx.to(tl.int64), -1))  # noqa: PLR0124
 
 
 @triton.jit(do_not_specialize=["num_splits"])
@@ -183,8 +189,8 @@ def _reduce_kernel(part_val_ptr, part_idx_ptr, out_ptr, num_splits, SPLITS_PAD: 
     ok = s < num_splits
     val = tl.load(part_val_ptr + row * num_splits + s, mask=ok, other=float("-inf"))
     idx = tl.load(part_idx_ptr + row * num_splits + s, mask=ok, other=2147483647)
-    bad = tl.sum(tl.where(val == val, 0, 1), 0) > 0
-    val = tl.where(val == val, val, float("-inf"))
+    bad = tl.sum(tl.where(val == val, 0, 1), 0) > 0  # noqa: PLR0124 (NaN test)
+    val = tl.where(val == val, val, float("-inf"))  # noqa: PLR0124
     m = tl.max(val, 0)
     best = tl.min(tl.where(val == m, idx, 2147483647), 0)
     tl.store(out_ptr + row, tl.where(bad, -1, best.to(tl.int64)))
@@ -215,8 +221,8 @@ def sample(
 ) -> torch.Tensor:
     """One int64 token per row of logits [B, V] (bf16/fp16/fp32, unit stride along V); -1 for a non-finite row.
 
-    temperatures fp32 [B] (<= 0 = greedy); seeds int64 [B] are the rows' Philox keys and offsets int64 [B]
-    (None = 0) their counters, e.g. (request seed, token position). noise="off" drops the Gumbel noise
+    temperatures fp32 [B] (below MIN_TEMPERATURE: greedy); seeds int64 [B] are the rows' Philox keys and
+    offsets int64 [B] (None = 0) their counters, e.g. (request seed, token position). noise="off" drops the Gumbel noise
     (argmax of logits / T, for tests). noise_out, an fp32 [B, V] tensor, receives the noise drawn for
     sampled rows (tests compare against kernels.sample_ref.sample_reference with it).
     """
@@ -277,6 +283,7 @@ def sample(
         HAS_OFFSETS=offsets is not None,
         WRITE_NOISE=noise_out is not None,
         MAX_INV_T=MAX_INV_TEMPERATURE,
+        MIN_T=MIN_TEMPERATURE,
         FAST_LOG=logits.is_cuda and torch.version.hip is None,  # libdevice's fast log: NVIDIA only, not interpreted
         num_warps=num_warps,
     )

@@ -13,13 +13,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from nanovllm_tui.kernels.sample_ref import MIN_TEMPERATURE
+
 
 class Sampler(nn.Module):
     """Samples one token per row of logits [B, V].
 
-    temperatures [B] (0 = greedy), top_ks [B] (-1 = off), top_ps [B] (1 = off). On the torch path rows
-    with their own generator draw their noise from it, on the fused path from their own Philox seed:
-    either way a seeded request gets the same tokens whatever else shares the batch.
+    temperatures [B] (below MIN_TEMPERATURE, 0 included: greedy), top_ks [B] (-1 = off), top_ps [B] (1 = off).
+    On the torch path rows with their own generator draw their noise from it, on the fused path from their
+    own Philox seed: either way a seeded request gets the same tokens whatever else shares the batch.
     """
 
     def forward(
@@ -33,27 +35,31 @@ class Sampler(nn.Module):
         seeds: torch.Tensor | None = None,
         offsets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """all_greedy: the caller already knows every temperature is 0 (saves a device-to-host read).
+        """all_greedy: the caller already knows every row is greedy (saves a device-to-host read).
 
         seeds / offsets: int64 [B] per-row Philox key and counter on the logits' device (a seeded request:
         its seed and the position of the token being sampled). Passing seeds opts in to the fused CUDA
-        kernel (which ignores `generators`) and to flagging: rows with a NaN or inf logit come back as -1
-        on every path, so the caller needs no isfinite pass of its own. Without seeds nothing changes.
+        kernel (which ignores `generators`) and to flagging: rows whose scores (logits / T, what is sampled
+        from) have a NaN or inf come back as -1 on every path, so the caller needs no isfinite pass of its
+        own. Without seeds nothing changes.
         """
         if seeds is not None:
             fused = fused_sampler() if logits.is_cuda and top_ks is None and top_ps is None else None
             if fused is not None:
                 return fused(logits, temperatures.float(), seeds, offsets)
-            tokens = self.forward(logits, temperatures, top_ks, top_ps, generators, all_greedy)
-            return _flag_non_finite(logits, tokens, all_greedy)
+        flag = seeds is not None
+        greedy_rows = temperatures < MIN_TEMPERATURE  # 0, or so small that logits / T would overflow
         if all_greedy is None:
-            all_greedy = bool((temperatures == 0).all())
+            all_greedy = bool(greedy_rows.all())
         if all_greedy:
-            return logits.argmax(dim=-1)  # bf16 -> fp32 is exact, so no upcast is needed for the argmax
+            tokens = logits.argmax(dim=-1)  # bf16 -> fp32 is exact, so no upcast is needed for the argmax
+            # argmax picks a NaN or +inf if the row has one: checking the picked logit is enough (no extra pass).
+            return _flag(tokens, logits.gather(1, tokens.unsqueeze(1)).squeeze(1)) if flag else tokens
         logits = logits.float()
         greedy = logits.argmax(dim=-1)
-        temps = torch.where(temperatures == 0, torch.ones_like(temperatures), temperatures)
+        temps = torch.where(greedy_rows, torch.ones_like(temperatures), temperatures)
         logits = logits / temps.unsqueeze(1)
+        finite = torch.isfinite(logits).all(dim=-1) if flag else None
         if top_ks is not None:
             logits = _apply_top_k(logits, top_ks)
         if top_ps is not None:
@@ -68,7 +74,8 @@ class Sampler(nn.Module):
                 row = torch.empty(probs.shape[1], dtype=torch.float32).exponential_(generator=g)
                 noise[i] = row.to(noise.device)
         sampled = probs.div(noise.clamp_min(1e-10)).argmax(dim=-1)
-        return torch.where(temperatures == 0, greedy, sampled)
+        tokens = torch.where(greedy_rows, greedy, sampled)
+        return tokens if finite is None else torch.where(finite, tokens, -1)
 
 
 @functools.cache
@@ -81,14 +88,9 @@ def fused_sampler() -> Callable[..., torch.Tensor] | None:
     return sample
 
 
-def _flag_non_finite(logits: torch.Tensor, tokens: torch.Tensor, all_greedy: bool | None) -> torch.Tensor:
-    """-1 where a row's logits are not finite (the torch path's counterpart of the fused kernel's check)."""
-    if all_greedy:
-        # argmax picks a NaN or +inf if the row has one: checking the picked logit is enough (no extra pass).
-        finite = torch.isfinite(logits.gather(1, tokens.unsqueeze(1)).squeeze(1))
-    else:
-        finite = torch.isfinite(logits).all(dim=-1)
-    return torch.where(finite, tokens, -1)
+def _flag(tokens: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+    """-1 where the picked score is not finite (the torch path's counterpart of the fused kernel's check)."""
+    return torch.where(torch.isfinite(picked), tokens, -1)
 
 
 def _apply_top_k(logits: torch.Tensor, top_ks: torch.Tensor) -> torch.Tensor:
