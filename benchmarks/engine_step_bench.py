@@ -25,6 +25,7 @@ import pstats
 import statistics
 import tempfile
 import time
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ from benchmarks.step_timing import (
 from nanovllm_tui.bench.random_model import make_random_model
 from nanovllm_tui.engine.llm_engine import LLMEngine
 
-TINY = dict(
+TINY: dict[str, Any] = dict(
     num_hidden_layers=2,
     hidden_size=128,
     intermediate_size=256,

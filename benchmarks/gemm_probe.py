@@ -6,6 +6,7 @@ Qwen3-0.6B's projection shapes and decode batch sizes (bf16, L2 flushed between 
 
 from __future__ import annotations
 
+import io
 import itertools
 import sys
 from functools import partial
@@ -81,7 +82,8 @@ def triton_linear(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.
 
 
 def main() -> None:
-    sys.stdout.reconfigure(line_buffering=True)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     print(
         f"{'shape':>8} {'M':>5} {'cublas us':>10} {'direct us':>10} {'split us':>9} {'best':>6} "

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -139,8 +141,21 @@ def run_prefill(block_size: int, rep: int = 200) -> None:
     )
 
 
-def _fixed(config: tuple[int, ...], *_: object) -> tuple[int, ...]:
-    """A kernel's `_config` chooser that always answers `config` (bound with partial for a sweep)."""
+def _fixed_prefill(block_m: int, block_n: int, warps: int, stages: int) -> Callable[..., tuple[int, int, int, int]]:
+    """A prefill `_config` chooser that always answers these settings (for the sweep)."""
+
+    def config(*_: object) -> tuple[int, int, int, int]:
+        return block_m, block_n, warps, stages
+
+    return config
+
+
+def _fixed_decode(block_n: int, warps: int, stages: int) -> Callable[..., tuple[int, int, int]]:
+    """A decode `_config` chooser that always answers these settings (for the sweep)."""
+
+    def config(*_: object) -> tuple[int, int, int]:
+        return block_n, warps, stages
+
     return config
 
 
@@ -148,20 +163,20 @@ def sweep(copy_gbs: float, seconds: float) -> None:
     """Try tile/warp/stage/split settings for both kernels (to tune the defaults), prefill first, within `seconds`."""
     deadline = time.monotonic() + seconds
     print("\nPrefill sweep (block 256): BLOCK_M BLOCK_N warps stages -> row as above")
-    default_config = triton_prefill._config
+    default_prefill = triton_prefill._config
     for block_m, block_n, warps, stages in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3)):
         if time.monotonic() > deadline:
             break
-        triton_prefill._config = partial(_fixed, (block_m, block_n, warps, stages))
+        triton_prefill._config = _fixed_prefill(block_m, block_n, warps, stages)
         print(f"  {block_m} {block_n} {warps} {stages}:", end=" ")
         try:
             run_prefill(256, rep=50)
         except Exception as exc:  # out of shared memory etc.
             print(type(exc).__name__)
-    triton_prefill._config = default_config
+    triton_prefill._config = default_prefill
 
     print("\nDecode sweep: batch context block | BLOCK_N warps stages splits -> us, fraction of copy")
-    default_config = triton_decode._config
+    default_decode = triton_decode._config
     for batch, context, block_size in DECODE_CASES:
         q, k_cache, v_cache, ctx, tables = decode_case(batch, context, block_size)
         base = triton_decode.choose_num_splits(
@@ -172,7 +187,7 @@ def sweep(copy_gbs: float, seconds: float) -> None:
         ):
             if time.monotonic() > deadline:
                 break
-            triton_decode._config = partial(_fixed, (block_n, warps, stages))
+            triton_decode._config = _fixed_decode(block_n, warps, stages)
             fn = partial(triton_decode.paged_decode_attention, q, k_cache, v_cache, ctx, tables, 0.1, num_splits=splits)
             try:
                 ms = bench_ms(fn, rep=40)
@@ -184,11 +199,12 @@ def sweep(copy_gbs: float, seconds: float) -> None:
                 f"  {batch} {context} {block_size} | {block_n} {warps} {stages} {splits} -> {ms * 1e3:.1f} {frac:.1%}"
             )
         del q, k_cache, v_cache
-    triton_decode._config = default_config
+    triton_decode._config = default_decode
 
 
 def main() -> None:
-    sys.stdout.reconfigure(line_buffering=True)  # stream through tee even if the run is cut short
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # stream through tee even if the run is cut short
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--sweep", type=float, default=0.0, metavar="SECONDS", help="also try other kernel settings for up to SECONDS"

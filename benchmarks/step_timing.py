@@ -5,6 +5,7 @@ instance (no production code changes)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -85,7 +86,7 @@ def fill_decoding(engine: LLMEngine, batch: int, prompt_len: int, max_tokens: in
     """Add `batch` random prompts and step until every one is decoding; returns their Sequences."""
     gen = torch.Generator().manual_seed(batch)
     sp = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
-    extra = {} if stream else {"stream": False}
+    extra: dict[str, Any] = {} if stream else {"stream": False}
     seqs = [
         engine.add_request(
             torch.randint(0, vocab, (prompt_len,), generator=gen).tolist(), sp, detokenize=False, **extra

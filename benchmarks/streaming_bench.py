@@ -200,8 +200,8 @@ def main() -> None:
     llm.generate(ps[:2], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
     runs: dict[str, list[dict]] = {"generate": [], "streaming": []}
     for r in range(args.rounds):
-        for mode, fn in (("generate", run_generate), ("streaming", run_streaming)):
-            res = fn(llm, ps, sp) if mode == "generate" else fn(llm, ps, sp, args.readers)
+        for mode in ("generate", "streaming"):
+            res = run_generate(llm, ps, sp) if mode == "generate" else run_streaming(llm, ps, sp, args.readers)
             runs[mode].append(res)
             print(
                 f"round {r + 1} {mode:9s}: {res['tokens']} tokens in {res['wall']:.2f} s "

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -33,7 +34,7 @@ QWEN3_8B = dict(
     tie_word_embeddings=False,
     max_position_embeddings=40960,
 )
-MODELS = {"0.6b": {}, "8b": QWEN3_8B}
+MODELS: dict[str, dict[str, Any]] = {"0.6b": {}, "8b": QWEN3_8B}
 
 
 def run_cell(model_dir: str, tp: int, num_requests: int) -> dict:

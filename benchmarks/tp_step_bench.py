@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,8 +34,8 @@ SHAPES = {"decode 256 seqs": (256, 256, 17), "prefill 8192 tokens / 16 seqs": (8
 
 
 def make_inputs(tokens: int, seqs: int, width: int, device: torch.device) -> StepInputs:
-    i64 = dict(dtype=torch.int64, device=device)
-    i32 = dict(dtype=torch.int32, device=device)
+    i64: dict[str, Any] = dict(dtype=torch.int64, device=device)
+    i32: dict[str, Any] = dict(dtype=torch.int32, device=device)
     meta = AttentionMetadata(
         slot_mapping=torch.arange(tokens, **i64),
         context_lens=torch.full((seqs,), 200, **i32),
