@@ -164,7 +164,7 @@ def test_cli_unreachable(capsys):
     url = f"http://127.0.0.1:{free_port()}"
     assert attach_main([url, "--check", "--timeout", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"nanovllm-tui attach: error: cannot attach to {url}: ") and err.count("\n") == 1
+    assert err.startswith(f"nanovllm-tui attach: error: cannot attach: {url}/v1/models: ") and err.count("\n") == 1
 
 
 def test_cli_model_choice_and_check(capsys):

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except RemoteError as e:
-        print(f"{PROG}: error: cannot attach to {args.url}: {e}", file=sys.stderr)
+        print(f"{PROG}: error: cannot attach: {e}", file=sys.stderr)
         return 2
     try:
         if args.check:
@@ -119,5 +119,7 @@ def describe(snap: RemoteSnapshot) -> str:
 
 def _run_app(service: RemoteService) -> int:
     """The Textual app in attach mode (chat over HTTP, dashboard without a block map)."""
-    print(f"{PROG}: the app's attach mode is not wired in yet; use --check", file=sys.stderr)
-    return 2
+    from nanovllm_tui.remote.app import AttachApp  # Textual only when there is a UI to show
+
+    AttachApp(service).run()
+    return 0
