@@ -309,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         from nanovllm_tui.server.cli import main as serve_main
 
         return serve_main(argv[1:])
+    if argv and argv[0] == "attach":
+        from nanovllm_tui.remote.cli import main as attach_main
+
+        return attach_main(argv[1:])
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
