@@ -194,3 +194,15 @@ def test_cli_check_in_a_thread_does_not_need_a_terminal():
         t.start()
         t.join(20)
         assert result == [0]
+
+
+def test_nanovllm_tui_attach_dispatch():
+    """`nanovllm-tui attach ...` reaches the attach CLI: a bad URL is one line on stderr and exit status 2."""
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanovllm_tui.app.cli", "attach", "ftp://127.0.0.1:8000"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("nanovllm-tui attach: error: bad server URL") and proc.stderr.count("\n") == 1
