@@ -81,13 +81,13 @@ def server(demo_model_dir):
         "--model", str(demo_model_dir), "--served-model-name", MODEL, "--api-key", API_KEY, *ENGINE_FLAGS
     )
     try:
-        url = srv.wait_for(r"listening on (http://127\.0\.0\.1:\d+)", 120).group(1)
+        srv.url = srv.wait_for(r"listening on (http://127\.0\.0\.1:\d+)", 120).group(1)  # type: ignore[attr-defined]
         srv.wait_for(r"engine ready", 300)
-        srv.url = url  # type: ignore[attr-defined]
-        yield srv
-    finally:
-        code = srv.stop()
-        assert code == 0, "\n".join(srv.lines)
+    except BaseException:
+        srv.stop()
+        raise
+    yield srv
+    assert srv.stop() == 0, "\n".join(srv.lines)  # SIGTERM is a clean stop
 
 
 @pytest.fixture
@@ -164,6 +164,7 @@ def test_completions_from_text_and_token_ids(client, demo_model_dir):
     assert "".join(c.choices[0].text for c in streamed) == by_ids.choices[0].text
 
 
+@pytest.mark.slow
 def test_greedy_output_equals_llm_generate(client, demo_model_dir):
     from nanovllm_tui import LLM, SamplingParams
 
@@ -214,7 +215,6 @@ def test_bad_requests_get_openai_errors_and_the_server_survives(server, client):
     assert ok.usage.completion_tokens >= 1
 
 
-@pytest.mark.slow
 def test_64_concurrent_streams_finish_with_their_token_counts(server):
     async def one(c: openai.AsyncOpenAI, i: int) -> tuple[int, int, str | None]:
         stream = await c.completions.create(
@@ -246,6 +246,20 @@ def test_64_concurrent_streams_finish_with_their_token_counts(server):
     assert value(metrics, "vllm:num_requests_running") == 0
 
 
+def wait_for_aborts(server, before: dict, count: int) -> dict:
+    """/metrics once `count` more requests have finished with "abort" and none runs."""
+    deadline = time.monotonic() + 30
+    while True:
+        m = scrape(server)
+        aborted = value(m, "vllm:request_success_total", finished_reason="abort") - value(
+            before, "vllm:request_success_total", finished_reason="abort"
+        )
+        if aborted == count and value(m, "vllm:num_requests_running") == 0:
+            return m
+        assert time.monotonic() < deadline, f"the abandoned requests were not aborted: {m}"
+        time.sleep(0.1)
+
+
 def test_a_client_disconnecting_mid_stream_aborts_its_request(server):
     before = scrape(server)
     with http(server) as c:
@@ -256,19 +270,20 @@ def test_a_client_disconnecting_mid_stream_aborts_its_request(server):
                 chunks += line.startswith("data: ")
                 if chunks >= 3:
                     break  # leaving the block closes the connection mid-stream
-    deadline = time.monotonic() + 30
-    while True:
-        m = scrape(server)
-        aborted = value(m, "vllm:request_success_total", finished_reason="abort") - value(
-            before, "vllm:request_success_total", finished_reason="abort"
-        )
-        if aborted == 1 and value(m, "vllm:num_requests_running") == 0:
-            break
-        assert time.monotonic() < deadline, f"the abandoned request was not aborted: {m}"
-        time.sleep(0.1)
+    m = wait_for_aborts(server, before, 1)
     assert value(m, "vllm:kv_cache_usage_perc") == 0.0  # its blocks are free (or cached), none in use
     assert value(m, "vllm:generation_tokens_total") - value(before, "vllm:generation_tokens_total") < 400
     server.wait_for(r"status=abort", 10)
+
+
+def test_a_client_giving_up_on_a_whole_answer_aborts_its_request(server):
+    before = scrape(server)
+    body = {"model": MODEL, "prompt": "Tell a long story.", "max_tokens": 400, "ignore_eos": True}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with pytest.raises(httpx.ReadTimeout):  # the client stops waiting and closes the connection
+        httpx.post(server.url + "/v1/completions", json=body, headers=headers, timeout=1.5)
+    m = wait_for_aborts(server, before, 1)
+    assert value(m, "vllm:kv_cache_usage_perc") == 0.0
 
 
 def test_metrics_names_types_and_counts_follow_the_requests(server, client):

@@ -7,6 +7,7 @@ request tracker (both lock-free or briefly locked reads) and redraws; the HTTP s
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path, PurePath
 from typing import Any, ClassVar
@@ -18,9 +19,9 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, RichLog, Static
 
-from nanovllm_tui.app.stats_window import EngineInfo as HeaderInfo
 from nanovllm_tui.app.stats_window import StatsWindow
 from nanovllm_tui.app.widgets.dashboard import Dashboard
+from nanovllm_tui.engine.serving.protocol import EngineInfo
 from nanovllm_tui.server.state import ServerState
 from nanovllm_tui.server.tracker import RequestRecord
 
@@ -30,21 +31,12 @@ APP_TCSS = Path(__file__).resolve().parent.parent / "app" / "app.tcss"  # the da
 STATE_STYLES = {"waiting": "yellow", "running": "green", "stop": "dim", "length": "dim", "abort": "red", "error": "bold red"}  # fmt: skip
 
 
-def header_info(state: ServerState) -> HeaderInfo:
-    """The dashboard header from the service's EngineInfo, named as the clients know the model."""
+def header_info(state: ServerState) -> EngineInfo:
+    """The dashboard header: the service's EngineInfo, named as the clients know the model."""
     info = state.info
     if info is None:
         raise RuntimeError("the watch view needs an attached engine; call ServerState.attach first")
-    return HeaderInfo(
-        model=state.served_model_name,
-        device=info.device,
-        dtype=info.dtype,
-        block_size=info.block_size,
-        num_blocks=info.num_blocks,
-        tensor_parallel_size=info.tensor_parallel_size,
-        max_model_len=info.max_model_len,
-        prefix_caching=info.prefix_caching,
-    )
+    return dataclasses.replace(info, model=state.served_model_name)
 
 
 def _seconds(value: float | None) -> str:
