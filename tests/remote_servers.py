@@ -78,96 +78,102 @@ class ScriptedServer:
             return text
 
 
-def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _Handler(BaseHTTPRequestHandler):
+    """One request to a ScriptedServer (`scripted` is set per server by _handler)."""
 
-        def setup(self) -> None:
-            super().setup()
-            with server.lock:
-                server.conns.append(self.connection)
+    scripted: ScriptedServer
+    protocol_version = "HTTP/1.1"
 
-        def log_message(self, *args: object) -> None:  # keep test output clean
-            pass
+    def setup(self) -> None:
+        super().setup()
+        with self.scripted.lock:
+            self.scripted.conns.append(self.connection)
 
-        def _send(self, code: int, body: str, kind: str = "application/json") -> None:
-            data = body.encode()
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def log_message(self, *args: object) -> None:  # keep test output clean
+        pass
 
-        def _authorized(self) -> bool:
-            if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
-                self._send(401, json.dumps({"error": "Unauthorized"}))
-                return False
-            return True
+    def _send(self, code: int, body: str, kind: str = "application/json") -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
-        def do_GET(self) -> None:
-            if not self._authorized():
-                return
-            if server.garbage:
-                self._send(200, "<html><body><h1>It works!</h1></body></html>", "text/html")
-            elif self.path == "/metrics":
-                self._send(200, server.next_metrics(), "text/plain; version=0.0.4; charset=utf-8")
-            elif self.path == "/v1/models":
-                cards = [{"id": m, "object": "model", "owned_by": "vllm", "max_model_len": 4096} for m in server.models]
-                self._send(200, json.dumps({"object": "list", "data": cards}))
-            else:
-                self._send(404, json.dumps({"detail": "Not Found"}))
+    def _authorized(self) -> bool:
+        if self.scripted.api_key and self.headers.get("Authorization") != f"Bearer {self.scripted.api_key}":
+            self._send(401, json.dumps({"error": "Unauthorized"}))
+            return False
+        return True
 
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            if not self._authorized():
-                return
-            if server.garbage:
-                self._send(200, "<html><body><h1>It works!</h1></body></html>", "text/html")
-                return
-            if self.path == "/tokenize":
-                self._send(200, json.dumps({"tokens": [ord(c) for c in body["prompt"]], "count": len(body["prompt"])}))
-                return
-            if self.path not in ("/v1/chat/completions", "/v1/completions"):
-                self._send(404, json.dumps({"detail": "Not Found"}))
-                return
-            if body.get("max_tokens", 16) > 100_000:
-                self._send(400, json.dumps({"object": "error", "message": "max_tokens is too large", "code": 400}))
-                return
-            with server.lock:
-                server.requests.append(body)
-            self._stream(body, chat=self.path.endswith("chat/completions"))
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        if self.scripted.garbage:
+            self._send(200, "<html><body><h1>It works!</h1></body></html>", "text/html")
+        elif self.path == "/metrics":
+            self._send(200, self.scripted.next_metrics(), "text/plain; version=0.0.4; charset=utf-8")
+        elif self.path == "/v1/models":
+            cards = [
+                {"id": m, "object": "model", "owned_by": "vllm", "max_model_len": 4096} for m in self.scripted.models
+            ]
+            self._send(200, json.dumps({"object": "list", "data": cards}))
+        else:
+            self._send(404, json.dumps({"detail": "Not Found"}))
 
-        def _stream(self, body: dict, chat: bool) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            n = body.get("max_tokens", 16)
-            try:
-                if chat:
-                    self._event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
-                for i in range(n):
-                    word = server.words[i % len(server.words)]
-                    last = i == n - 1
-                    choice = {"index": 0, "delta": {"content": word}} if chat else {"index": 0, "text": word}
-                    choice["finish_reason"] = "length" if last else None
-                    self._event({"choices": [choice]})
-                    with server.lock:
-                        server.chunks_sent += 1
-                    time.sleep(server.token_delay)
-                usage = {"prompt_tokens": 7, "completion_tokens": n, "prompt_tokens_details": {"cached_tokens": 4}}
-                self._event({"choices": [], "usage": usage})
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
-            except OSError:  # BrokenPipe, ConnectionReset, or TLS EOF: the client has gone
-                server.disconnected.set()
-            self.close_connection = True
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if not self._authorized():
+            return
+        if self.scripted.garbage:
+            self._send(200, "<html><body><h1>It works!</h1></body></html>", "text/html")
+            return
+        if self.path == "/tokenize":
+            self._send(200, json.dumps({"tokens": [ord(c) for c in body["prompt"]], "count": len(body["prompt"])}))
+            return
+        if self.path not in ("/v1/chat/completions", "/v1/completions"):
+            self._send(404, json.dumps({"detail": "Not Found"}))
+            return
+        if body.get("max_tokens", 16) > 100_000:
+            self._send(400, json.dumps({"object": "error", "message": "max_tokens is too large", "code": 400}))
+            return
+        with self.scripted.lock:
+            self.scripted.requests.append(body)
+        self._stream(body, chat=self.path.endswith("chat/completions"))
 
-        def _event(self, obj: dict) -> None:
-            self.wfile.write(f"data: {json.dumps(obj)}\n\n".encode())
+    def _stream(self, body: dict, chat: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        n = body.get("max_tokens", 16)
+        try:
+            if chat:
+                self._event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+            for i in range(n):
+                word = self.scripted.words[i % len(self.scripted.words)]
+                last = i == n - 1
+                choice = {"index": 0, "delta": {"content": word}} if chat else {"index": 0, "text": word}
+                choice["finish_reason"] = "length" if last else None
+                self._event({"choices": [choice]})
+                with self.scripted.lock:
+                    self.scripted.chunks_sent += 1
+                time.sleep(self.scripted.token_delay)
+            usage = {"prompt_tokens": 7, "completion_tokens": n, "prompt_tokens_details": {"cached_tokens": 4}}
+            self._event({"choices": [], "usage": usage})
+            self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
+        except OSError:  # BrokenPipe, ConnectionReset, or TLS EOF: the client has gone
+            self.scripted.disconnected.set()
+        self.close_connection = True
 
-    return Handler
+    def _event(self, obj: dict) -> None:
+        self.wfile.write(f"data: {json.dumps(obj)}\n\n".encode())
+        self.wfile.flush()
+
+
+def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
+    return type("Handler", (_Handler,), {"scripted": server})
 
 
 class HungServer:
