@@ -57,8 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     g.add_argument("--port", type=port_number, default=8000, help="port to listen on (0 picks a free one)")
-    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
-    g.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model dir's name)")  # fmt: skip
+    g.add_argument("--api-key", metavar="KEY", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
+    g.add_argument(
+        "--served-model-name",
+        metavar="NAME",
+        default=None,
+        help="the model name clients send (None: the model dir's name)",
+    )
     g.add_argument(
         "--headless",
         action="store_true",
