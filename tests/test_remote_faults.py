@@ -143,3 +143,29 @@ def test_unreachable_at_submit_ends_that_request_only():
 def test_connect_to_nothing_is_unreachable():
     with pytest.raises(ServerUnreachable, match=r"/v1/models: .*refused"):
         RemoteService.connect(f"http://127.0.0.1:{free_port()}")
+
+
+def test_key_revoked_while_attached_is_fatal_and_a_broken_listener_is_not():
+    with ScriptedServer(api_key="old") as server:
+        service = RemoteService.connect(server.url, api_key="old", interval=0.05)
+        try:
+            polls = threading.Event()
+
+            def broken(status: PollStatus, snap: object) -> None:
+                polls.set()
+                raise RuntimeError("a listener bug")
+
+            service.subscribe(broken)
+            assert polls.wait(10)
+            polls.clear()
+            assert polls.wait(10)  # polling went on after the listener raised
+            server.api_key = "new"  # the server restarts with another key
+            deadline = time.monotonic() + 10
+            while service.fatal_error is None and time.monotonic() < deadline:
+                polls.clear()
+                polls.wait(1)
+            assert service.fatal_error is not None and service.fatal_error.endswith(
+                "check the key passed with --api-key"
+            )
+        finally:
+            service.shutdown(timeout=2)

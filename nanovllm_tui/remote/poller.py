@@ -5,6 +5,7 @@ the server is down or answers garbage, and stopping at 401/403 (retrying does no
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from nanovllm_tui.remote.client import RemoteClient
 from nanovllm_tui.remote.errors import BadResponse, RemoteError, ServerTimeout, ServerUnreachable, Unauthorized
 from nanovllm_tui.remote.metrics import MetricsSample, parse_metrics
 from nanovllm_tui.remote.snapshot import RemoteSnapshot, build_snapshot
+
+logger = logging.getLogger(__name__)
 
 # PollStatus.state values
 CONNECTING, OK, UNREACHABLE, BAD_RESPONSE, UNAUTHORIZED, STOPPED = (
@@ -127,7 +130,10 @@ class MetricsPoller:
                 self._latest = snap
             latest, listeners = self._latest, list(self._listeners)
         for listener in listeners:
-            listener(status, latest)
+            try:
+                listener(status, latest)
+            except Exception:  # a broken listener must not stop the polling everyone else relies on
+                logger.exception("remote metrics listener failed")
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -23,7 +23,7 @@ from nanovllm_tui.engine.serving.request_handle import RequestHandle, RequestMet
 from nanovllm_tui.remote.client import ModelCard, RemoteClient
 from nanovllm_tui.remote.errors import RemoteError
 from nanovllm_tui.remote.openai_api import ChunkDelta, read_chunk, request_body
-from nanovllm_tui.remote.poller import Listener, MetricsPoller, PollStatus
+from nanovllm_tui.remote.poller import UNAUTHORIZED, Listener, MetricsPoller, PollStatus
 from nanovllm_tui.remote.snapshot import RemoteSnapshot
 from nanovllm_tui.remote.stream import EventStream
 
@@ -132,7 +132,7 @@ class RemoteService:
     def fatal_error(self) -> str | None:
         """A failure that ends attach mode (a rejected API key); a server that is down is not fatal."""
         status = self.poller.status
-        return status.message if status.state == "unauthorized" else None
+        return status.message if status.state == UNAUTHORIZED else None
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Abort live requests, stop polling, close the connections; returns within about `timeout`."""
