@@ -15,17 +15,21 @@ from typing import Any
 from nanovllm_tui.engine.config import Config
 from nanovllm_tui.engine.sampling_params import SamplingParams
 from nanovllm_tui.engine.scheduling.sequence import Sequence
+from nanovllm_tui.engine.text.chat import ChatPrompt, tokenize_chat
 from nanovllm_tui.engine.text.prompt_check import check_prompt_text
 
 
 def tokenize_prompt(prompt: Any, config: Config, tokenizer: Any) -> list[int]:
-    """Token ids of a text prompt (special-token strings in it are control tokens, as a raw prompt means), or
-    a copy of given ids as plain ints; ValueError if the text can't be tokenized or the prompt is neither."""
+    """Token ids of a text prompt, or a copy of given ids as plain ints; ValueError if the text can't be
+    tokenized or the prompt is neither. Special-token strings in a raw text prompt are control tokens (the
+    caller wrote the whole prompt); in a rendered chat (ChatPrompt) only the template's own are."""
     if isinstance(prompt, str):
         if not prompt:
             return []
         check_prompt_text(prompt, config.max_model_len, tokenizer)
         try:
+            if isinstance(prompt, ChatPrompt):
+                return tokenize_chat(tokenizer, prompt)
             return tokenizer.encode(prompt, add_special_tokens=False)
         except Exception as exc:  # a tokenizer failure is this request's problem, not the engine's
             raise ValueError(
