@@ -58,14 +58,21 @@ history.close()
 """
 
 
-def python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def python(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
 
 
-def history_cli(*args: str) -> subprocess.CompletedProcess:
-    return python("-m", "nanovllm_tui.app.history_cli", *args)
+def history_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`nanovllm-tui history ...` through the app's entry point."""
+    return python("-m", "nanovllm_tui.app.cli", "history", *args, env=env)
 
 
 def test_kill_9_mid_write_keeps_every_committed_message(tmp_path):
@@ -189,6 +196,8 @@ def test_cli_list_and_export(tmp_path):
     proc = history_cli("export", "1", "--format", "md", "-o", str(out), "--history", str(path))
     assert proc.returncode == 0 and proc.stdout == "", proc.stderr
     assert out.read_text().startswith("# First chat\n\n- session: 1\n- model: tiny\n")
+    proc = history_cli("list", env={**os.environ, "NANOVLLM_TUI_HISTORY": str(path)})  # the variable names it
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 3, proc.stderr
     proc = history_cli("export", "9", "--history", str(path))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"nanovllm-tui history: error: no chat 9 in {path}; `nanovllm-tui history list` shows the ids"
@@ -226,3 +235,14 @@ def test_v1_file_migrated_by_the_cli(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
     assert stat.S_ISREG(path.stat().st_mode)
+
+
+def test_app_flags_parse():
+    from nanovllm_tui.app.cli import build_parser
+
+    args = build_parser().parse_args(["--history", "/x/h.sqlite3", "--reopen", "5"])
+    assert (args.history, args.no_history, args.reopen) == ("/x/h.sqlite3", False, 5)
+    args = build_parser().parse_args(["--no-history"])
+    assert (args.history, args.no_history, args.reopen) == (None, True, 3)
+    proc = python("-m", "nanovllm_tui.app.cli", "--history", "a", "--no-history")
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr and len(proc.stderr.splitlines()) == 1

@@ -61,7 +61,7 @@ class ChatHistory:
         except HistoryUnavailable as exc:
             return cls.off(f"{exc}; the file is left as it is (--history PATH picks another, --no-history hides this)")
         lock, shared = _instance_lock(store.path)
-        note = f"history: {store.path}"
+        note = f"history: {location.path}"  # as the user named it
         if store.migrated_from not in (0, SCHEMA_VERSION):
             note += f" (upgraded from schema v{store.migrated_from})"
         if shared:

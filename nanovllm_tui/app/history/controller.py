@@ -100,6 +100,8 @@ class HistoryController:
     async def sync(self, pane: ChatPane, handle: Any = None) -> None:
         """After a pump: save what changed, keep the tab title and the system prompt shown in step."""
         session = pane.session
+        if self.app.sessions.get(session.number) is not session:  # its tab is being closed
+            return
         if session.number not in self.recorder.tracked:
             self.recorder.track(session)
         self.recorder.sync(session, handle)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.containers import VerticalScroll
+from textual.css.query import NoMatches
 from textual.widgets import Static, TabbedContent
 
 from nanovllm_tui.app.history.export import message_line
@@ -68,6 +69,9 @@ async def show_record(pane: ChatPane, record: SessionRecord) -> None:
 def set_tab_title(tabs: TabbedContent, pane_id: str, title: str) -> None:
     """Show `title` (shortened, never read as markup) on the pane's tab."""
     short = title if len(title) <= TAB_TITLE_CHARS else title[: TAB_TITLE_CHARS - 1].rstrip() + "…"
-    tab = tabs.get_tab(pane_id)
+    try:
+        tab = tabs.get_tab(pane_id)
+    except NoMatches:  # the tab is being added or removed right now
+        return
     if tab.label_text != short:
         tab.label = Text(short)
