@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import pathlib
 import sys
 import time
@@ -26,11 +27,11 @@ import torch
 
 from nanovllm_tui.app.app import NanoVllmApp
 from nanovllm_tui.app.engine_args import default_torch_threads
-from nanovllm_tui.app.stats_window import EngineInfo
 from nanovllm_tui.bench.driver import BenchRun, WorkloadSpec
 from nanovllm_tui.engine import LLM
 from nanovllm_tui.engine.demo_model import ensure_demo_model
 from nanovllm_tui.engine.serving.process_service import ProcessEngineService
+from nanovllm_tui.engine.serving.protocol import EngineInfo
 from nanovllm_tui.engine.serving.thread_service import EngineService
 
 ENGINE_OPTIONS = dict(kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=1024)
@@ -86,7 +87,7 @@ def make_service(engine: str, model: str, threads: int):
 def measure(engine: str, model: str, args: argparse.Namespace, seed) -> list[tuple]:
     """Rounds of (headless, app) runs on one engine; rows of (engine, round, mode, tok/s, wall s, others' cores)."""
     service = make_service(engine, model, args.torch_threads)
-    info = EngineInfo.from_llm(service.engine, pathlib.Path(model).name)
+    info = dataclasses.replace(service.engine_info(), model=pathlib.Path(model).name)
 
     def spec() -> WorkloadSpec:
         return WorkloadSpec(args.requests, (args.prompt_len,) * 2, (args.output_len,) * 2, seed=next(seed))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import pathlib
 import sys
 import time
@@ -19,7 +20,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from nanovllm_tui.app.app import NanoVllmApp
 from nanovllm_tui.app.session import SessionSettings
-from nanovllm_tui.app.stats_window import EngineInfo
 from nanovllm_tui.engine import LLM
 from nanovllm_tui.engine.demo_model import ensure_demo_model
 from nanovllm_tui.engine.serving.thread_service import EngineService
@@ -57,9 +57,10 @@ def save(app: NanoVllmApp, out: pathlib.Path, name: str) -> None:
 async def main(model: str, out: pathlib.Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     llm = LLM(model, kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=384)
+    service = EngineService(llm)
     app = NanoVllmApp(
-        EngineService(llm),
-        EngineInfo.from_llm(llm, pathlib.Path(model).name),
+        service,
+        dataclasses.replace(service.engine_info(), model=pathlib.Path(model).name),
         owns_service=True,
         default_settings=SessionSettings(temperature=0.7, seed=0, max_tokens=200),
     )

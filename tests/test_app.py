@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 
@@ -12,7 +13,6 @@ from textual.widgets import DataTable, Input, Static
 from nanovllm_tui.app.app import NanoVllmApp
 from nanovllm_tui.app.screens.bench import BenchScreen
 from nanovllm_tui.app.session import SessionSettings
-from nanovllm_tui.app.stats_window import EngineInfo
 from nanovllm_tui.app.text import inert
 from nanovllm_tui.app.widgets.chat import AnswerView, UserMessage
 from nanovllm_tui.engine import LLM
@@ -36,7 +36,7 @@ def make_app(tiny_qwen3_gqa_dir):
             service = EngineService(LLM(str(tiny_qwen3_gqa_dir), **options))
         return NanoVllmApp(
             service,
-            EngineInfo.from_llm(service.engine, "tiny-qwen3"),
+            dataclasses.replace(service.engine_info(), model="tiny-qwen3"),
             owns_service=True,
             default_settings=SessionSettings(temperature=0.0, max_tokens=max_tokens),
         )
@@ -192,7 +192,7 @@ def test_policy_switch_takes_effect(make_app):
                 lambda: app.window.latest is not None and app.window.latest.policy == "prefill_first",
                 what="a step under the new policy",
             )
-            assert app.service.engine.scheduler.policy == "prefill_first"
+            assert app.service.stats_history()[-1].policy == "prefill_first"
             assert "prefill_first" in str(app.screen.query_one("#dash-header", Static).render())
 
     run(scenario())

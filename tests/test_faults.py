@@ -78,7 +78,7 @@ def test_tokenizer_that_raises_on_one_request(tiny_qwen3_gqa_dir, monkeypatch):
 
     monkeypatch.setattr(llm.tokenizer, "encode", encode)
     llm.add_request("a fine prompt", GREEDY, request_id="ok1")
-    with pytest.raises(ValueError, match="cannot tokenize the prompt .*tokenizer exploded") as info:
+    with pytest.raises(ValueError, match=r"cannot tokenize the prompt .*tokenizer exploded") as info:
         llm.add_request("a poison prompt", GREEDY, request_id="bad")
     assert "\n" not in str(info.value)
     llm.add_request("another fine prompt", GREEDY, request_id="ok2")
@@ -149,5 +149,5 @@ def test_kv_cache_allocator_oom_is_one_clear_line(tiny_qwen3_gqa_dir, monkeypatc
 
 
 def test_kv_cache_memory_below_one_block_names_the_flag(tiny_qwen3_gqa_dir):
-    with pytest.raises(ValueError, match="kv_cache_memory=1 bytes holds no block.*--kv-cache-memory"):
+    with pytest.raises(ValueError, match=r"kv_cache_memory=1 bytes holds no block.*--kv-cache-memory"):
         LLM(str(tiny_qwen3_gqa_dir), kvcache_block_size=16, max_model_len=128, kv_cache_memory=1)

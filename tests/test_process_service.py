@@ -3,21 +3,18 @@ stats, validation, start-up errors, a killed engine, shutdown and a dead parent,
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import psutil
 import pytest
-from test_cli import ROOT, copy_model, edit_config
+from test_cli import copy_model, edit_config
 
 from nanovllm_tui.engine import LLM, SamplingParams
 from nanovllm_tui.engine.execution.loader import ModelLoadError
 from nanovllm_tui.engine.serving.process_service import ProcessEngineService
+from nanovllm_tui.engine.serving.protocol import EngineInfo, Service
 from nanovllm_tui.engine.serving.thread_service import EngineService
+from nanovllm_tui.engine.text.tokenizer import load_tokenizer
 
 OPTIONS = dict(device="cpu", kvcache_block_size=16, max_model_len=256, num_kvcache_blocks=96)
 
@@ -94,7 +91,7 @@ def test_engine_process_uses_the_serving_defaults(psvc):
     from nanovllm_tui.engine.config import SERVING_MIXED_PREFILL_TOKENS
 
     assert "mixed_prefill_tokens" not in OPTIONS
-    assert psvc.engine.config.mixed_prefill_tokens == SERVING_MIXED_PREFILL_TOKENS
+    assert psvc.engine_info().mixed_prefill_tokens == SERVING_MIXED_PREFILL_TOKENS
 
 
 def test_step_stats_policy_switch_and_block_map(psvc):
@@ -104,7 +101,6 @@ def test_step_stats_policy_switch_and_block_map(psvc):
         before = psvc.stats_history()
         last = before[-1].step if before else None
         psvc.set_scheduling_policy("prefill_first")
-        assert psvc.engine.config.scheduling_policy == "prefill_first"
         psvc.set_block_map(True)
         h = psvc.submit("Hello there", SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
         h.result(timeout=30)
@@ -129,11 +125,12 @@ def test_reasoning_is_split_in_the_caller_process(psvc):
     )
     out = h.result(timeout=30)
     assert out.reasoning and out.text == "" and "</think>" not in out.reasoning
-    assert out.reasoning == psvc.engine.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+    tokenizer = load_tokenizer(psvc.engine_info().model)
+    assert out.reasoning == tokenizer.decode(out.token_ids, skip_special_tokens=True)
 
 
 def test_bad_requests_raise_one_line_errors_and_serving_goes_on(psvc):
-    vocab = psvc.engine.config.hf_config.vocab_size
+    vocab = psvc.engine_info().vocab_size
     cases = [
         ("", SamplingParams(), "prompt is empty"),
         ("hello", SamplingParams(max_tokens=300), "exceeds max_model_len=256"),
@@ -194,73 +191,6 @@ def test_start_errors_match_in_process_errors(tmp_path, tiny_qwen3_gqa_dir, chan
     assert live_children() <= before, "the engine process outlived its start-up error"
 
 
-def test_killed_engine_process_fails_requests_and_refuses_new_ones(tiny_qwen3_gqa_dir):
-    svc = ProcessEngineService(tiny_qwen3_gqa_dir, torch_threads=1, **OPTIONS)
-    try:
-        handles = [svc.submit(f"story {i}", SamplingParams(max_tokens=200, ignore_eos=True)) for i in range(3)]
-        assert handles[0].get(timeout=30) is not None
-        os.kill(svc.pid, signal.SIGKILL)
-        for h in handles:
-            out = h.result(timeout=10)
-            assert out.finish_reason == "error" and "killed by SIGKILL" in out.error
-        assert "exited unexpectedly (killed by SIGKILL)" in svc.fatal_error and not svc.is_running
-        assert [e.kind for e in svc.events()] == ["fatal"]
-        with pytest.raises(RuntimeError, match="killed by SIGKILL"):
-            svc.submit("too late", SamplingParams())
-        assert not svc.abort(handles[0].request_id)
-    finally:
-        start = time.monotonic()
-        svc.shutdown()
-        assert time.monotonic() - start < 5.0
-
-
-def test_shutdown_ends_requests_and_leaves_no_process(tiny_qwen3_gqa_dir):
-    before = live_children()
-    svc = ProcessEngineService(tiny_qwen3_gqa_dir, torch_threads=1, **OPTIONS)
-    child = psutil.Process(svc.pid)
-    running = svc.submit("a long answer", SamplingParams(max_tokens=250, ignore_eos=True))
-    assert running.get(timeout=30) is not None
-    start = time.monotonic()
-    svc.shutdown()
-    assert time.monotonic() - start < 5.0
-    out = running.result(timeout=1)
-    assert out.finish_reason == "abort" and "shut down" in out.error
-    assert not svc.is_running and not child.is_running()
-    assert live_children() <= before
-    with pytest.raises(RuntimeError, match="stopped"):
-        svc.submit("late", SamplingParams())
-    svc.shutdown()  # idempotent
-
-
-def test_engine_process_exits_when_its_parent_dies(tiny_qwen3_gqa_dir):
-    script = textwrap.dedent(f"""
-        import sys, time
-        from nanovllm_tui.engine import SamplingParams
-        from nanovllm_tui.engine.serving.process_service import ProcessEngineService
-        if __name__ == "__main__":
-            svc = ProcessEngineService({str(tiny_qwen3_gqa_dir)!r}, torch_threads=1, **{OPTIONS!r})
-            svc.submit("busy", SamplingParams(max_tokens=250, ignore_eos=True))
-            print(svc.pid, flush=True)
-            time.sleep(600)
-    """)
-    parent = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        child = psutil.Process(int(parent.stdout.readline()))
-        parent.kill()
-        parent.wait(10)
-        gone = wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, timeout=10)
-        assert gone, "the engine process outlived its parent"
-    finally:
-        parent.kill()
-        parent.wait(10)
-
-
 def test_tensor_parallel_engine_in_a_process(tiny_qwen3_gqa_dir):
     """TP=2 (gloo on CPU): the engine process is rank 0 and spawns rank 1; same greedy tokens as TP=1."""
     sp = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
@@ -270,8 +200,47 @@ def test_tensor_parallel_engine_in_a_process(tiny_qwen3_gqa_dir):
     svc = ProcessEngineService(tiny_qwen3_gqa_dir, torch_threads=1, tensor_parallel_size=2, **OPTIONS)
     try:
         family = psutil.Process(svc.pid).children(recursive=True)
-        assert svc.engine.config.tensor_parallel_size == 2 and svc.stats().tensor_parallel_size == 2
+        assert svc.engine_info().tensor_parallel_size == 2 and svc.stats().tensor_parallel_size == 2
         assert svc.submit("Tensor parallel test", sp).result(timeout=60).token_ids == expected
     finally:
         svc.shutdown()
     assert family and wait_for(lambda: live_children() <= before, 5.0)
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_both_services_implement_the_protocol(kind, psvc, tiny_qwen3_gqa_dir):
+    """engine_info, tokenize and reset_prefix_cache through the Service protocol: a prefix hit disappears after reset."""
+    svc = psvc if kind == "process" else EngineService(LLM(str(tiny_qwen3_gqa_dir), **OPTIONS))
+    try:
+        assert isinstance(svc, Service)
+        info = svc.engine_info()
+        assert isinstance(info, EngineInfo) and info.model == str(tiny_qwen3_gqa_dir)
+        assert (info.device, info.dtype, info.block_size, info.num_blocks, info.max_model_len) == (
+            "cpu",
+            "float32",
+            16,
+            96,
+            256,
+        )
+        assert info.tensor_parallel_size == 1 and info.prefix_caching and info.attention_backend == "torch"
+        tokenizer = load_tokenizer(str(tiny_qwen3_gqa_dir))
+        assert info.vocab_size >= len(tokenizer)
+        text = "Hello there, <|im_start|> world"
+        assert svc.tokenize(text) == tokenizer.encode(text, add_special_tokens=False)
+        with pytest.raises(ValueError, match="string"):
+            svc.tokenize(42)  # type: ignore[arg-type]
+
+        prompt = [200 + 3 * i for i in range(40)]  # two full blocks of 16 and a partial one
+        sp = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+        svc.submit(prompt, sp).result(timeout=60)
+        hits = svc.stats().prefix_cache_hits
+        again = svc.submit(prompt, sp)
+        again.result(timeout=60)
+        assert svc.stats().prefix_cache_hits - hits == 32 == again.metrics.num_cached_tokens
+        svc.reset_prefix_cache()
+        cold = svc.submit(prompt, sp)
+        cold.result(timeout=60)
+        assert svc.stats().prefix_cache_hits - hits == 32 and cold.metrics.num_cached_tokens == 0
+    finally:
+        if svc is not psvc:
+            svc.shutdown()

@@ -1,4 +1,5 @@
-"""EngineService on CPU with real engines: streaming, abort, UTF-8 and stop strings, errors, idle CPU, chat turns."""
+"""EngineService on CPU with real engines: streaming, abort, UTF-8 and stop strings, validation, idle CPU, chat
+turns (faults: test_service_faults.py; chat templates and reasoning: test_service_chat.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ import time
 
 import psutil
 import pytest
-import torch
 
 from nanovllm_tui.engine import LLM, SamplingParams
 from nanovllm_tui.engine.serving.thread_service import EngineService
-from nanovllm_tui.engine.text.chat import render_chat
-from nanovllm_tui.engine.text.reasoning import ReasoningSplitter
+from nanovllm_tui.engine.text.tokenizer import load_tokenizer
 from tests.conftest import TINY_CONFIGS, make_tiny_qwen3
 
 FINISH_REASONS = {"stop", "length", "abort", "error"}
@@ -111,7 +110,7 @@ def test_second_chat_turn_hits_prefix_cache(smol):
         full_block_tokens = h1.metrics.num_prompt_tokens // 16 * 16
         assert full_block_tokens >= 32
         hits_before = svc.stats().prefix_cache_hits
-        turn2 = turn1 + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And two more?"}]
+        turn2 = [*turn1, {"role": "assistant", "content": first.text}, {"role": "user", "content": "And two more?"}]
         h2 = svc.submit(turn2, sp)
         h2.result(timeout=120)
         assert drained_blocks(svc)
@@ -121,7 +120,7 @@ def test_second_chat_turn_hits_prefix_cache(smol):
 
 # -- tiny Qwen3: cheap forwards ---------------------------------------------------------------------
 def test_stop_string_spanning_token_boundary(tiny_svc):
-    tok = tiny_svc.engine.tokenizer
+    tok = load_tokenizer(tiny_svc.engine_info().model)
     sp = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
     ref = tiny_svc.submit("Once upon a time", sp).result(timeout=60)
     ids = ref.token_ids
@@ -146,7 +145,7 @@ def test_stop_string_spanning_token_boundary(tiny_svc):
 
 
 def test_concurrent_submits_with_random_aborts(tiny_svc):
-    tok = tiny_svc.engine.tokenizer
+    tok = load_tokenizer(tiny_svc.engine_info().model)
     barrier = threading.Barrier(16)
     results: list[tuple] = [None] * 16
     errors: list[BaseException] = []
@@ -174,7 +173,7 @@ def test_concurrent_submits_with_random_aborts(tiny_svc):
         t.join(120)
     assert not errors, errors
     aborted = 0
-    for h, deltas, abort_after in results:
+    for h, deltas, _abort_after in results:
         assert deltas[-1].finished and sum(d.finished for d in deltas) == 1
         assert h.finish_reason in FINISH_REASONS and h.finish_reason != "error"
         text = "".join(d.text for d in deltas)
@@ -227,7 +226,7 @@ def test_service_defaults_cap_prompt_tokens_beside_decodes(tiny_dir, tiny):
     for kwargs, want in (({}, SERVING_MIXED_PREFILL_TOKENS), ({"mixed_prefill_tokens": 0}, 0)):
         svc = EngineService(tiny_dir, **engine_kwargs(**kwargs))
         try:
-            assert svc.engine.scheduler.mixed_prefill_tokens == want
+            assert svc.engine_info().mixed_prefill_tokens == want
         finally:
             svc.shutdown()
 
@@ -286,127 +285,3 @@ def test_idle_service_thread_uses_no_cpu(tiny_svc):
     assert cpu() - before < 0.05 * 2.0
     # ...and a new request still starts at once.
     assert tiny_svc.submit("again", SamplingParams(max_tokens=2)).result(timeout=30).finish_reason == "length"
-
-
-def test_step_exception_fails_only_that_steps_requests(tiny_svc, tiny, monkeypatch):
-    real_launch = tiny.model_runner.launch
-
-    def launch(items, *args):
-        if any(seq.request_id == "boom" for seq, _ in items):
-            raise RuntimeError("injected failure")
-        return real_launch(items, *args)
-
-    sp = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
-    reference = tiny_svc.submit("after the error", sp).result(timeout=30)
-    monkeypatch.setattr(tiny.model_runner, "launch", launch)
-    bad = tiny_svc.submit("this one fails", sp, request_id="boom").result(timeout=30)
-    assert bad.finish_reason == "error" and "injected failure" in bad.error
-    good = tiny_svc.submit("after the error", sp).result(timeout=30)
-    assert good.finish_reason == "length" and good.token_ids == reference.token_ids
-    events = tiny_svc.events()
-    assert [e.kind for e in events] == ["step_error"]
-    assert events[0].request_ids == ("boom",) and "injected failure" in events[0].message
-    assert any(s.error and "injected failure" in s.error for s in tiny_svc.stats_history())
-    assert tiny_svc.is_running and drained_blocks(tiny_svc)
-
-
-def test_fatal_error_fails_pending_and_stops(tiny_dir, monkeypatch):
-    def schedule():
-        raise RuntimeError("device is gone")
-
-    llm = LLM(str(tiny_dir), **engine_kwargs())  # its own engine: a fatal error leaves it unusable
-    monkeypatch.setattr(llm.scheduler, "schedule", schedule)
-    tiny_svc = EngineService(llm)
-    with tiny_svc.batch():  # all three pending when the fatal step comes (else later submits race it and raise)
-        handles = [tiny_svc.submit(f"req {i}", SamplingParams(max_tokens=4)) for i in range(3)]
-    for h in handles:
-        out = h.result(timeout=10)
-        assert out.finish_reason == "error" and "device is gone" in out.error
-    assert wait_for(lambda: not tiny_svc.is_running)
-    assert [e.kind for e in tiny_svc.events()] == ["fatal"]
-    assert "device is gone" in tiny_svc.fatal_error
-    with pytest.raises(RuntimeError, match="device is gone"):
-        tiny_svc.submit("too late", SamplingParams())
-    tiny_svc.shutdown()
-
-
-def test_shutdown_is_quick_and_ends_pending_requests(tiny):
-    svc = EngineService(tiny)
-    running = svc.submit("a long answer", SamplingParams(max_tokens=200, ignore_eos=True))
-    assert running.get(timeout=30) is not None
-    start = time.monotonic()
-    svc.shutdown()
-    assert time.monotonic() - start < 5.0
-    out = running.result(timeout=1)
-    assert out.finish_reason == "abort" and "shut down" in out.error
-    assert not svc.is_running
-    with pytest.raises(RuntimeError, match="stopped"):
-        svc.submit("late", SamplingParams())
-    assert tiny.stats().num_blocks_used == 0 and not tiny.has_unfinished_requests()  # the engine is reusable
-
-
-# -- chat templates and reasoning -------------------------------------------------------------------
-def test_chat_rendering_thinking_switch_and_fallback(tiny):
-    tok = tiny.tokenizer
-    msgs = [{"role": "user", "content": "Hi"}]
-    on = render_chat(tok, msgs, enable_thinking=True)
-    off = render_chat(tok, msgs, enable_thinking=False)
-    assert on == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-    assert off == on + "<think>\n\n</think>\n\n"
-    tok.chat_template = None
-    try:
-        assert (
-            render_chat(tok, msgs + [{"role": "assistant", "content": "Yo"}])
-            == "user: Hi\n\nassistant: Yo\n\nassistant:"
-        )
-    finally:
-        tok.chat_template = QWEN3_TEMPLATE
-
-
-def test_reasoning_splitter_any_chunking():
-    raw = "<think>\nweigh a<b and c>d\n</think>\n\nAnswer: <thin is not a tag; done."
-    rng = random.Random(0)
-    for _ in range(200):
-        cuts = sorted(rng.sample(range(1, len(raw)), rng.randint(1, 12)))
-        chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)])]
-        splitter = ReasoningSplitter()
-        content, reasoning = [], []
-        for c in chunks:
-            text, think = splitter.feed(c)
-            content.append(text)
-            reasoning.append(think)
-            assert "<think>" not in text + think and "</think>" not in text + think
-            assert not (text + think).endswith(("<", "</", "<t", "</th", "<think", "</think"))
-        text, think = splitter.flush()
-        content.append(text)
-        reasoning.append(think)
-        assert "".join(reasoning) == "\nweigh a<b and c>d\n"
-        assert "".join(content) == "\n\nAnswer: <thin is not a tag; done."
-    # A prompt that ends inside <think> makes the output reasoning from its first token.
-    splitter = ReasoningSplitter(in_reasoning=True)
-    assert splitter.feed("hmm</th") == ("", "hmm") and splitter.feed("ink>ok") == ("ok", "")
-
-
-def test_thinking_streams_as_reasoning_deltas(tiny_svc, tiny, monkeypatch):
-    """The service splits <think>…</think> out of forced model output whose tags span several tokens."""
-    tok = tiny.tokenizer
-    think, answer = "\nLet me add: 2+2=4.\n", "\n\nThe answer is 4."
-    script = tok.encode(f"<think>{think}</think>{answer}", add_special_tokens=False)
-    assert len(tok.encode("<think>", add_special_tokens=False)) > 1  # the tags really span tokens
-    forced = iter(script)
-    monkeypatch.setattr(
-        tiny.model_runner,
-        "sample_device",
-        lambda logits, inputs: torch.tensor([next(forced) for _ in range(logits.shape[0])]),
-    )
-    h = tiny_svc.submit(
-        [{"role": "user", "content": "2+2?"}],
-        SamplingParams(max_tokens=len(script), ignore_eos=True),
-        enable_thinking=True,
-    )
-    deltas = list(h)
-    assert h.finish_reason == "length" and h.token_ids == script
-    assert h.reasoning == think and h.text == answer
-    for d in deltas:
-        assert "<" not in d.text + d.reasoning and ">" not in d.text + d.reasoning
-    assert sum(bool(d.reasoning) for d in deltas) > 1  # reasoning streamed, not delivered at the end

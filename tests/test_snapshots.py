@@ -6,6 +6,8 @@ Regenerate after a deliberate UI change:  python -m pytest tests/test_snapshots.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 pytest.importorskip("pytest_textual_snapshot")
@@ -14,7 +16,6 @@ from textual.widgets import Static
 
 from nanovllm_tui.app.app import NanoVllmApp
 from nanovllm_tui.app.session import SessionSettings
-from nanovllm_tui.app.stats_window import EngineInfo
 from nanovllm_tui.engine import LLM
 from nanovllm_tui.engine.serving.thread_service import EngineService
 
@@ -24,7 +25,7 @@ def idle_service(demo_model_dir):
     """One idle engine for every snapshot: nothing is generated, so counters and the block map stay empty."""
     llm = LLM(str(demo_model_dir), kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=256)
     service = EngineService(llm)
-    yield service, EngineInfo.from_llm(llm, "SmolLM2-135M-Instruct")
+    yield service, dataclasses.replace(service.engine_info(), model="SmolLM2-135M-Instruct")
     service.shutdown()
 
 

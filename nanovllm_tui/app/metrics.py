@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nanovllm_tui.engine.serving.request_handle import RequestMetrics
 
 
-def decode_rate(metrics: Any) -> float | None:
+def decode_rate(metrics: RequestMetrics) -> float | None:
     """Generated tokens per second after the first one (None with fewer than two tokens)."""
     times = metrics.token_times
     if len(times) < 2 or times[-1] <= times[0]:
@@ -13,7 +16,7 @@ def decode_rate(metrics: Any) -> float | None:
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-def metrics_line(metrics: Any, finish_reason: str | None) -> str:
+def metrics_line(metrics: RequestMetrics, finish_reason: str | None) -> str:
     """TTFT, tok/s, tokens, prompt tokens from the prefix cache, times preempted (and why it ended, if unusual)."""
     parts = []
     ttft = metrics.time_to_first_token

@@ -49,7 +49,7 @@ def spark(values: Sequence[float], width: int, style: str = "", hi: float | None
 def gauge(frac: float, width: int, style: str = "#5fd75f") -> Text:
     """A horizontal bar of `width` cells filled to `frac` (eighth-cell precision)."""
     frac = min(1.0, max(0.0, frac))
-    eighths = int(round(frac * width * 8))
+    eighths = round(frac * width * 8)
     full, part = divmod(eighths, 8)
     bar = "█" * full + ("▏▎▍▌▋▊▉"[part - 1] if part else "")
     text = Text(bar, style=style)

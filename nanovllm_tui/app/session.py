@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nanovllm_tui.engine.sampling_params import SamplingParams
+    from nanovllm_tui.engine.serving.request_handle import RequestHandle
 
 
 @dataclass(slots=True)
@@ -18,7 +22,7 @@ class SessionSettings:
     seed: int | None = None
     thinking: bool = True  # Qwen3's enable_thinking; ignored by models without it
 
-    def sampling_params(self):
+    def sampling_params(self) -> SamplingParams:
         """SamplingParams for one request (raises ValueError on a bad value)."""
         from nanovllm_tui.engine.sampling_params import SamplingParams
 
@@ -37,7 +41,7 @@ class ChatSession:
     number: int
     settings: SessionSettings = field(default_factory=SessionSettings)
     messages: list[dict[str, str]] = field(default_factory=list)
-    handle: Any = None  # the streaming RequestHandle while an answer is being generated
+    handle: RequestHandle | None = None  # the streaming request while an answer is being generated
     num_requests: int = 0
 
     @property

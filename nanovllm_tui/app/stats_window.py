@@ -6,37 +6,8 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from nanovllm_tui.engine.stats import BlockMap, EngineStats, StepStats
-
-
-@dataclass(frozen=True, slots=True)
-class EngineInfo:
-    """The dashboard header: what engine is running, fixed for the app's lifetime."""
-
-    model: str
-    device: str
-    dtype: str
-    block_size: int
-    num_blocks: int
-    tensor_parallel_size: int
-    max_model_len: int
-    prefix_caching: bool
-
-    @classmethod
-    def from_llm(cls, llm: Any, model_name: str) -> EngineInfo:
-        cfg, runner = llm.config, llm.model_runner
-        return cls(
-            model=model_name,
-            device=str(runner.device),
-            dtype=str(runner.dtype).removeprefix("torch."),
-            block_size=cfg.kvcache_block_size,
-            num_blocks=llm.block_manager.num_blocks,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            max_model_len=cfg.max_model_len,
-            prefix_caching=cfg.enable_prefix_caching,
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,21 +3,31 @@ engine service as the chats (which keep working and join the batch) while the da
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import ClassVar, Protocol, runtime_checkable
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Select, Static
 
-from nanovllm_tui.app.stats_window import EngineInfo
 from nanovllm_tui.app.widgets.dashboard import Dashboard
 from nanovllm_tui.bench.driver import BenchResult, BenchRun, WorkloadSpec
+from nanovllm_tui.engine.serving.protocol import EngineInfo
 
 ARRIVALS = [("all at once", "all"), ("Poisson", "poisson")]
+
+
+@runtime_checkable
+class BenchHost(Protocol):
+    """The app around the screen: it owns the run (so the run outlives the screen)."""
+
+    def start_benchmark(self, spec: WorkloadSpec) -> None: ...
+
+    def stop_benchmark(self) -> None: ...
 
 
 def parse_range(text: str, name: str) -> tuple[int, int]:
@@ -37,7 +47,7 @@ def parse_range(text: str, name: str) -> tuple[int, int]:
 class BenchScreen(Screen[None]):
     """Shows the app's current BenchRun (the app owns it, so it keeps running when this screen is closed)."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back to chat"),
         Binding("ctrl+s", "run", "Run"),
         Binding("ctrl+x", "stop_run", "Stop run"),
@@ -106,10 +116,17 @@ class BenchScreen(Screen[None]):
         except ValueError as exc:
             self.query_one("#bench-status", Static).update(Text(str(exc), style="bold red"))
             return
-        self.app.start_benchmark(spec)
+        self.host.start_benchmark(spec)
 
     def action_stop_run(self) -> None:
-        self.app.stop_benchmark()
+        self.host.stop_benchmark()
+
+    @property
+    def host(self) -> BenchHost:
+        app = self.app
+        if not isinstance(app, BenchHost):
+            raise TypeError("BenchScreen needs an app with start_benchmark / stop_benchmark (NanoVllmApp)")
+        return app
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
@@ -122,10 +139,8 @@ class BenchScreen(Screen[None]):
         """Progress and, once finished, the result table (called on the app's timer while visible)."""
         if run is None:
             return
-        try:
+        with contextlib.suppress(NoMatches):  # still being composed; the next tick shows it
             self._show_run(run)
-        except NoMatches:  # still being composed; the next tick shows it
-            pass
 
     def _show_run(self, run: BenchRun) -> None:
         bar = self.query_one("#bench-progress", ProgressBar)
@@ -145,7 +160,7 @@ class BenchScreen(Screen[None]):
     def _fill_table(self, r: BenchResult) -> None:
         table = self.query_one("#bench-results", DataTable)
         table.clear()
-        rows: list[tuple[str, Any]] = [
+        rows: list[tuple[str, str]] = [
             ("requests", f"{r.finished}/{r.requests}"),
             ("prompt tokens", f"{r.prompt_tokens:,}"),
             ("output tokens", f"{r.output_tokens:,}"),

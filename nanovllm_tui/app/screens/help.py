@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
@@ -20,6 +22,9 @@ Chat in several sessions at once; the dashboard shows how the engine batches the
 | esc | stop the answer being generated (its KV blocks free) |
 | ctrl+r | regenerate the last answer |
 | ctrl+y | copy the last answer to the clipboard |
+| f8 | pick a message of this chat and copy it |
+| ctrl+o | saved chats: search, open, rename, delete |
+| ctrl+s | export this chat as Markdown and OpenAI JSON (into the working directory) |
 | ctrl+n / ctrl+w | new chat / close chat |
 | ctrl+tab / ctrl+shift+tab, alt+1..9 | next / previous chat, chat by number |
 | f2 | session settings (system prompt, sampling, thinking) |
@@ -41,7 +46,7 @@ one cell stands for several blocks and shows the busiest.
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape", "dismiss", "Close"), Binding("f1", "dismiss", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss", "Close"), Binding("f1", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-dialog"):

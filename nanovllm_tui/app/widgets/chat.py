@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Collapsible, Markdown, Static, TextArea
+from textual.widgets.markdown import MarkdownStream
 
 from nanovllm_tui.app.metrics import metrics_line
 from nanovllm_tui.app.session import ChatSession
 from nanovllm_tui.app.text import inert
 
+if TYPE_CHECKING:
+    from nanovllm_tui.remote.protocol import ChatBackend
+
 
 class PromptInput(TextArea):
     """The prompt box: Enter sends, ctrl+j (or shift+enter where the terminal reports it) inserts a newline."""
 
-    BINDINGS = [Binding("enter", "send", "Send"), Binding("ctrl+j", "newline", "Newline", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "send", "Send"),
+        Binding("ctrl+j", "newline", "Newline", show=False),
+    ]
 
     class Submitted(Message):
         def __init__(self, prompt: PromptInput, text: str):
@@ -66,7 +73,7 @@ class AnswerView(Vertical):
         self.reasoning = ""
         self._pending = ""  # answer text not yet handed to the Markdown stream
         self._reasoning_dirty = False
-        self._stream: Any = None
+        self._stream: MarkdownStream | None = None
         self.done = False
 
     def compose(self) -> ComposeResult:
@@ -118,7 +125,7 @@ class AnswerView(Vertical):
 class ChatPane(Vertical):
     """One session's conversation; talks to the engine only through the service (submit / drain / abort)."""
 
-    def __init__(self, session: ChatSession, service: Any, **kwargs):
+    def __init__(self, session: ChatSession, service: ChatBackend, **kwargs):
         super().__init__(**kwargs)
         self.session = session
         self.service = service

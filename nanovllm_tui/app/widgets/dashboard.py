@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from rich.text import Text
@@ -12,7 +13,8 @@ from textual.widgets import Button, Static
 
 from nanovllm_tui.app.render import gauge, heat_map, legend, spark
 from nanovllm_tui.app.session import session_of
-from nanovllm_tui.app.stats_window import EngineInfo, StatsWindow
+from nanovllm_tui.app.stats_window import StatsWindow
+from nanovllm_tui.engine.serving.protocol import EngineInfo
 from nanovllm_tui.engine.stats import CACHED, FREE, USED, BlockMap
 
 LABEL = 11  # width of the label column in the sparkline sections
@@ -49,10 +51,10 @@ class Dashboard(Vertical):
             yield Button("mixed", id="policy-mixed", compact=True)
             yield Button("prefill_first", id="policy-prefill_first", compact=True)
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
+    async def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id and event.button.id.startswith("policy-"):
             event.stop()
-            self.app.run_action(f"set_policy('{event.button.id.removeprefix('policy-')}')")
+            await self.app.run_action(f"set_policy('{event.button.id.removeprefix('policy-')}')")
 
     def on_resize(self) -> None:
         redraw = getattr(self.app, "request_redraw", None)
@@ -61,10 +63,8 @@ class Dashboard(Vertical):
 
     def show(self, window: StatsWindow, sessions: list[int], now: float | None = None) -> None:
         """Redraw every section from the window (cheap: a few Rich Texts)."""
-        try:
+        with contextlib.suppress(NoMatches):  # not composed yet (its screen is being pushed); the next tick draws it
             self._show(window, sessions, now)
-        except NoMatches:  # not composed yet (its screen is being pushed); the next tick draws it
-            pass
 
     def _show(self, window: StatsWindow, sessions: list[int], now: float | None) -> None:
         now = time.monotonic() if now is None else now

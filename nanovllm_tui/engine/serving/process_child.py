@@ -1,234 +1,102 @@
-"""The engine process behind ProcessEngineService: builds the LLM, serves it with an EngineService, and forwards
-request outputs and StepStats to the parent in batches (one message per `batch_interval`, not one per token).
+"""The engine process behind ProcessEngineService: its entry point (child_main) and the safety it sets up before
+anything slow happens, i.e. before the engine is built:
 
-The messages are described in engine.process_protocol. The child exits after a "shutdown" command, or when
-the pipe reaches EOF (the parent died); either way its EngineService shuts down and stops its TP workers.
+- it dies with its parent at any stage, loading included: prctl(PR_SET_PDEATHSIG, SIGKILL) on Linux (then a
+  check that the parent did not die first), a watchdog thread polling os.getppid() elsewhere;
+- it sends a heartbeat ("alive") every ChildOptions.heartbeat_interval from a thread of its own (named
+  HEARTBEAT_THREAD for the OS: top -H, /proc/PID/task/*/comm), so the parent can tell a stopped (SIGSTOP) or
+  wedged process from a busy one.
+
+Then process_engine.serve builds the LLM and serves it. The messages are described in process_protocol.
+This module imports no torch, so both are in place within milliseconds of the start, before torch loads.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
 import threading
 import time
-import warnings
-from collections.abc import Callable
-from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
-from nanovllm_tui.engine.serving.process_protocol import (
-    BlockInfo,
-    ChildOptions,
-    EngineSnapshot,
-    OutputRecord,
-    RunnerInfo,
-    Update,
-    exception_payload,
-)
-from nanovllm_tui.engine.serving.request_handle import RequestHandle, RequestMetrics
-from nanovllm_tui.engine.serving.thread_service import EngineService, ServiceEvent
-from nanovllm_tui.engine.stats import EngineStats, StepStats
+from nanovllm_tui.engine.serving.process_protocol import ChildOptions
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PR_SET_NAME = 15
+HEARTBEAT_THREAD = b"nanovllm-beat"  # at most 15 bytes
 
 
-class _Outbox:
-    """Outputs and steps made on the engine thread since the last send; the pump takes them in one swap."""
+class ChildOut:
+    """The child's sending end of the pipe: the heartbeat, the pump and the main thread all send, one at a time."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
-        self.outputs: list[OutputRecord] = []
-        self.steps: list[StepStats] = []
+    def __init__(self, conn: Connection):
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._closed = False
 
-    def put_output(self, record: OutputRecord) -> None:
-        with self.lock:
-            self.outputs.append(record)
-        self.wake.set()
-
-    def put_step(self, step: StepStats) -> None:
-        with self.lock:
-            self.steps.append(step)
-        self.wake.set()
-
-    def take(self) -> tuple[list[OutputRecord], list[StepStats]]:
-        with self.lock:
-            outputs, steps, self.outputs, self.steps = self.outputs, self.steps, [], []
-        return outputs, steps
-
-
-class _ForwardingHandle(RequestHandle):
-    """A handle that queues nothing locally: each delta goes to the outbox with the timings known at that moment."""
-
-    def __init__(self, request_id: str, metrics: RequestMetrics, abort: Callable[[str], bool], outbox: _Outbox):
-        super().__init__(request_id, metrics, abort)
-        self._outbox = outbox
-        self._times_sent = 0
-
-    def _put(self, out: Any) -> bool:
+    def send(self, message: tuple) -> bool:
+        """Send one message; False once closed or when the parent is gone."""
         with self._lock:
             if self._closed:
                 return False
-            self._closed = out.finished
-            m = self.metrics
-            times = m.token_times[self._times_sent :]
-            self._times_sent += len(times)
-            record = OutputRecord(
-                out.request_id,
-                out.text,
-                out.token_ids,
-                out.finished,
-                out.finish_reason,
-                out.error,
-                m.num_cached_tokens,
-                m.num_preemptions,
-                m.first_token_time,
-                times,
-                m.finished_time,
-            )
-        self._outbox.put_output(record)
-        return True
-
-
-class _ChildService(EngineService):
-    """EngineService whose handles and steps feed the outbox, and whose fatal error wakes the pump."""
-
-    def __init__(self, llm: Any, outbox: _Outbox, options: ChildOptions):
-        self.outbox = outbox
-        self.handle_factory = partial(_ForwardingHandle, outbox=outbox)
-        super().__init__(llm, history_size=options.history_size, max_events=options.max_events)
-        self.subscribe(outbox.put_step)
-
-    def _on_fatal(self, exc: BaseException) -> None:
-        super()._on_fatal(exc)
-        self.outbox.wake.set()
-
-
-class _Pump:
-    """Sends an Update when the engine produced something, at most once per interval (batches fast steps)."""
-
-    def __init__(self, conn: Connection, service: _ChildService, interval: float):
-        self.conn, self.service, self.outbox, self.interval = conn, service, service.outbox, interval
-        self.stop = False
-        self._last_send = 0.0
-        self._last_stats: EngineStats | None = None
-        self._last_event: ServiceEvent | None = None
-        self._fatal_sent: str | None = None
-        self.thread = threading.Thread(target=self._run, name="nanovllm-pump", daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop:
-            self.outbox.wake.wait()
-            delay = self._last_send + self.interval - time.monotonic()
-            if delay > 0 and not self.stop:
-                time.sleep(delay)  # let more steps land in this message
-            self.outbox.wake.clear()
-            if not self.flush():
-                return
-        self.flush()
-
-    def _new_events(self) -> list[ServiceEvent]:
-        snapshot = self.service.events()  # a copy of a bounded ring the engine thread appends to
-        if not snapshot or snapshot[-1] is self._last_event:
-            return []
-        idx = next((i for i in range(len(snapshot) - 1, -1, -1) if snapshot[i] is self._last_event), -1)
-        self._last_event = snapshot[-1]
-        return snapshot[idx + 1 :]
-
-    def flush(self) -> bool:
-        """Send what is new; False if the parent is gone."""
-        outputs, steps = self.outbox.take()
-        stats = self.service.stats()  # after the outputs: a finished request's blocks show as freed
-        events = self._new_events()
-        fatal = self.service.fatal_error
-        if not (outputs or steps or events or stats is not self._last_stats or fatal != self._fatal_sent):
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError):
+                return False
             return True
-        self._last_stats, self._fatal_sent = stats, fatal
-        self._last_send = time.monotonic()
-        try:
-            self.conn.send(("update", Update(outputs, steps, stats, events, fatal)))
-        except (OSError, ValueError):  # the parent closed the pipe: the main loop sees EOF and exits
-            return False
-        return True
+
+    def close(self) -> None:
+        """Nothing is sent after this (the "bye" that precedes it stays the last message)."""
+        with self._lock:
+            self._closed = True
 
 
-def _run_commands(service: _ChildService, commands: list[tuple]) -> float | None:
-    """Run one message's commands (submits start in the same step); returns the timeout if told to shut down."""
-    with service.batch():
-        for cmd in commands:
-            kind = cmd[0]
-            if kind == "submit":
-                _, request_id, ids, sp, arrival = cmd
-                try:
-                    handle = service.submit(ids, sp, request_id, split_reasoning=False)
-                    handle.metrics.arrival_time = arrival  # held by batch(): the engine sees the caller's time
-                except (ValueError, RuntimeError) as exc:  # validated by the parent; a stopped service lands here
-                    service.outbox.put_output(
-                        OutputRecord(request_id, "", [], True, "error", str(exc), 0, 0, None, [], time.monotonic())
-                    )
-            elif kind == "abort":
-                service.abort(cmd[1])
-            elif kind in ("policy", "block_map"):
-                try:
-                    (service.set_scheduling_policy if kind == "policy" else service.set_block_map)(cmd[1])
-                except RuntimeError:  # the service stopped on a fatal error; the parent knows already
-                    pass
-            elif kind == "shutdown":
-                return float(cmd[1])
-    return None
-
-
-def child_main(conn: Connection, model: str, engine_kwargs: dict[str, Any], options: ChildOptions) -> None:
-    """Entry point of the engine process (spawned): build, report, serve until shutdown or parent EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle; it then shuts us down
-    if options.quiet:
-        warnings.filterwarnings("ignore")
+def _prctl(option: int, arg: int | bytes) -> bool:
+    """prctl(2) on Linux; False where it is missing or fails."""
+    if not sys.platform.startswith("linux"):
+        return False
     try:
-        import torch
+        return int(ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
 
-        from nanovllm_tui.engine.config import with_serving_defaults
-        from nanovllm_tui.engine.llm import LLM
 
-        if options.torch_threads:
-            torch.set_num_threads(options.torch_threads)
-        llm = LLM(model, **with_serving_defaults(engine_kwargs))
-        service = _ChildService(llm, _Outbox(), options)
-    except BaseException as exc:
-        conn.send(("init_error", exception_payload(exc)))
-        conn.close()
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process end when `parent_pid` dies, whatever it is doing then."""
+    if _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL)):
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
         return
-    runner = llm.model_runner
-    conn.send(
-        (
-            "ready",
-            EngineSnapshot(
-                llm.config,
-                RunnerInfo(str(runner.device), str(runner.dtype)),
-                BlockInfo(llm.block_manager.num_blocks, llm.config.kvcache_block_size),
-                service.stats(),
-            ),
-        )
-    )
-    if options.quiet:  # nothing may scribble over the parent's UI; errors travel over the pipe
-        sys.stdout = sys.stderr = open(os.devnull, "w")
-    pump = _Pump(conn, service, options.batch_interval)
-    pump.thread.start()
-    timeout = 5.0
-    while True:
-        try:
-            commands = conn.recv()
-        except (EOFError, OSError):  # the parent died: stop serving
-            break
-        told = _run_commands(service, commands)
-        if told is not None:
-            timeout = told
-            break
-    service.shutdown(timeout)
-    pump.stop = True
-    pump.outbox.wake.set()
-    pump.thread.join(timeout)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="nanovllm-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _heartbeat(out: ChildOut, interval: float) -> None:
+    _prctl(PR_SET_NAME, HEARTBEAT_THREAD)
+    while out.send(("alive",)):
+        time.sleep(interval)
+
+
+def child_main(
+    conn: Connection, model: str, engine_kwargs: dict[str, Any], options: ChildOptions, parent_pid: int
+) -> None:
+    """Entry point of the engine process (spawned): tie its life to the parent's, beat, build, serve."""
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle; it then shuts us down
+    out = ChildOut(conn)
+    threading.Thread(target=_heartbeat, args=(out, options.heartbeat_interval), name="nanovllm-heartbeat", daemon=True).start()  # fmt: skip
+    from nanovllm_tui.engine.serving.process_engine import serve  # the heavy part: torch, the model
+
     try:
-        conn.send(("bye",))
-    except (OSError, ValueError):
-        pass
-    conn.close()
+        serve(conn, out, model, engine_kwargs, options)
+    finally:
+        out.close()
+        conn.close()

@@ -3,8 +3,11 @@
 One duplex multiprocessing Pipe carries pickled tuples:
   parent -> child: a list of commands, run together inside EngineService.batch() (so submits share a step):
       ("submit", request_id, token_ids, SamplingParams, arrival_time) | ("abort", request_id)
-      | ("policy", name) | ("block_map", enabled) | ("shutdown", timeout)
+      | ("policy", name) | ("block_map", enabled) | ("reset_prefix_cache",) | ("shutdown", timeout)
   child -> parent: ("init_error", ExceptionPayload) | ("ready", EngineSnapshot) | ("update", Update) | ("bye",)
+      | ("alive",): a heartbeat every ChildOptions.heartbeat_interval from the child's start, loading included,
+        sent by a thread that needs no engine lock; a child silent for longer than the parent's limit is stopped
+        (SIGSTOP) or its interpreter is wedged.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from nanovllm_tui.engine.config import Config
-from nanovllm_tui.engine.serving.thread_service import ServiceEvent
+from nanovllm_tui.engine.serving.protocol import EngineInfo
+from nanovllm_tui.engine.serving.step_observers import ServiceEvent
 from nanovllm_tui.engine.stats import EngineStats, StepStats
 
 
@@ -29,31 +33,16 @@ class ChildOptions:
     batch_interval: float = 0.015  # seconds: at most one update message per interval while the engine is busy
     history_size: int = 2048
     max_events: int = 256
-
-
-@dataclass(frozen=True, slots=True)
-class RunnerInfo:
-    """What the parent knows of the model runner (EngineInfo.from_llm reads `device` and `dtype`)."""
-
-    device: str
-    dtype: str
-
-
-@dataclass(frozen=True, slots=True)
-class BlockInfo:
-    """What the parent knows of the block manager (EngineInfo.from_llm reads `num_blocks`)."""
-
-    num_blocks: int
-    block_size: int
+    heartbeat_interval: float = 0.5  # seconds between ("alive",) messages
 
 
 @dataclass(frozen=True, slots=True)
 class EngineSnapshot:
-    """Sent once the engine is built: what the parent needs to validate requests and describe the engine."""
+    """Sent once the engine is built: the config (the parent validates requests with it and the tokenizer),
+    the engine's description and its first stats."""
 
     config: Config
-    runner: RunnerInfo
-    blocks: BlockInfo
+    info: EngineInfo
     stats: EngineStats
 
 
@@ -94,9 +83,11 @@ class ExceptionPayload(NamedTuple):
 
 
 def exception_payload(exc: BaseException) -> ExceptionPayload:
+    data: bytes | None = None
     try:
-        data: bytes | None = pickle.dumps(exc)
-        pickle.loads(data)
+        pickled = pickle.dumps(exc)
+        pickle.loads(pickled)
+        data = pickled
     except Exception:  # e.g. an exception class whose __init__ wants other arguments
         data = None
     return ExceptionPayload(

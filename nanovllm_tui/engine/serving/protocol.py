@@ -25,7 +25,7 @@ Prompt = str | list[int] | Sequence[Mapping[str, Any]]
 class EngineInfo:
     """What engine a service runs, fixed for its lifetime (the dashboard header, `serve`'s /v1/models)."""
 
-    model: str  # the model dir
+    model: str  # the model dir (the app shows a display name: dataclasses.replace(info, model=name))
     device: str  # "cpu", "cuda:0", ...
     dtype: str  # "float32", "bfloat16", ...
     block_size: int
@@ -37,6 +37,7 @@ class EngineInfo:
     scheduling_policy: str  # the policy at start; set_scheduling_policy changes it later
     max_num_seqs: int
     max_num_batched_tokens: int
+    mixed_prefill_tokens: int  # the mixed policy's cap on prompt tokens beside decodes (0: none)
     vocab_size: int
     has_reasoning_template: bool  # the chat template knows <think> blocks (Qwen3's enable_thinking)
 

@@ -1,10 +1,16 @@
-"""RequestHandle: the caller's end of one streaming request (deltas, final result, timings)."""
+"""RequestHandle: the caller's end of one streaming request (deltas, final result, timings).
+
+Readers: one thread at a time consumes the deltas (iterating, get() or drain()); a second thread that tries
+while another is reading gets a RuntimeError at once instead of waiting forever for deltas the first one took.
+result() is not a reader: it waits for the request to end and may be called from any thread, any number of
+times. The service always delivers a final output (finished, abort or error), so result() always returns.
+"""
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -29,8 +35,7 @@ class RequestMetrics:
 
     @property
     def inter_token_latencies(self) -> list[float]:
-        t = list(self.token_times)
-        return [b - a for a, b in zip(t, t[1:])]
+        return [b - a for a, b in itertools.pairwise(list(self.token_times))]
 
     @property
     def num_generation_tokens(self) -> int:
@@ -45,7 +50,7 @@ class RequestHandle:
     """Iterate for RequestOutput deltas (blocking), or drain() them without blocking (for a UI timer).
 
     The handle also accumulates what its reader has consumed: `text`, `reasoning`, `token_ids`,
-    `finish_reason`, `error`; `result()` consumes the rest and returns the whole output.
+    `finish_reason`, `error`. `result()` waits for the end and returns the whole output.
     """
 
     def __init__(self, request_id: str, metrics: RequestMetrics, abort: Callable[[str], bool]):
@@ -53,8 +58,13 @@ class RequestHandle:
         self.metrics = metrics
         self._abort = abort
         self._queue: queue.SimpleQueue[RequestOutput] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # producer side: _closed and _outputs
         self._closed = False  # the final output has been put (producer side)
+        self._outputs: list[RequestOutput] = []  # every delta put, for result()
+        self._ended = threading.Event()  # set with _closed
+        self._reader_lock = threading.Lock()  # guards the two fields below
+        self._reader: int | None = None  # thread ident of the reader now, if any
+        self._reader_depth = 0
         self.finished = False  # the final output has been consumed (reader side)
         self.finish_reason: str | None = None
         self.error: str | None = None
@@ -69,8 +79,11 @@ class RequestHandle:
             if self._closed:
                 return False
             self._closed = out.finished
+            self._outputs.append(out)
             self._queue.put(out)
-            return True
+        if out.finished:
+            self._ended.set()
+        return True
 
     @property
     def done(self) -> bool:
@@ -78,6 +91,28 @@ class RequestHandle:
         return self._closed
 
     # -- reader side ---------------------------------------------------------------------------
+    def _enter_reader(self, strict: bool = True) -> bool:
+        """Become this handle's reader (re-entrant per thread). Another thread reading: RuntimeError, or False
+        when not strict."""
+        me = threading.get_ident()
+        with self._reader_lock:
+            if self._reader is not None and self._reader != me:
+                if not strict:
+                    return False
+                raise RuntimeError(
+                    f"request {self.request_id!r} is already being read by another thread; "
+                    "use one reader per handle (result() may be called from any thread)"
+                )
+            self._reader = me
+            self._reader_depth += 1
+        return True
+
+    def _leave_reader(self) -> None:
+        with self._reader_lock:
+            self._reader_depth -= 1
+            if self._reader_depth == 0:
+                self._reader = None
+
     def _consume(self, out: RequestOutput) -> RequestOutput:
         if out.text:
             self._text.append(out.text)
@@ -90,19 +125,33 @@ class RequestHandle:
 
     def get(self, timeout: float | None = None) -> RequestOutput | None:
         """The next delta, blocking up to `timeout` seconds; None on timeout or once finished."""
-        if self.finished:
-            return None
+        self._enter_reader()
         try:
+            if self.finished:
+                return None
             return self._consume(self._queue.get(timeout=timeout))
         except queue.Empty:
             return None
+        finally:
+            self._leave_reader()
 
     def __iter__(self) -> Iterator[RequestOutput]:
-        while not self.finished:
-            yield self._consume(self._queue.get())
+        self._enter_reader()
+        try:
+            while not self.finished:
+                yield self._consume(self._queue.get())
+        finally:
+            self._leave_reader()
 
     def drain(self) -> list[RequestOutput]:
         """Every delta available now, without blocking."""
+        self._enter_reader()
+        try:
+            return self._drain()
+        finally:
+            self._leave_reader()
+
+    def _drain(self) -> list[RequestOutput]:
         outs = []
         while not self.finished:
             try:
@@ -112,15 +161,27 @@ class RequestHandle:
         return outs
 
     def result(self, timeout: float | None = None) -> RequestOutput:
-        """Wait for the end and return everything the reader has consumed as one RequestOutput."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.finished:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError(f"request {self.request_id!r} did not finish within {timeout} s")
-            self.get(timeout=left)
+        """Wait for the end (any thread) and return the whole output as one RequestOutput.
+
+        When no other thread is reading, the deltas left are consumed too (so `text`, `finished`... are final)."""
+        if not self._ended.wait(timeout):
+            raise TimeoutError(f"request {self.request_id!r} did not finish within {timeout} s")
+        if self._enter_reader(strict=False):
+            try:
+                self._drain()
+            finally:
+                self._leave_reader()
+        with self._lock:
+            outs = list(self._outputs)
+        last = outs[-1]
         return RequestOutput(
-            self.request_id, self.text, list(self.token_ids), self.reasoning, True, self.finish_reason, self.error
+            self.request_id,
+            "".join(o.text for o in outs),
+            [t for o in outs for t in o.token_ids],
+            "".join(o.reasoning for o in outs),
+            True,
+            last.finish_reason,
+            last.error,
         )
 
     @property

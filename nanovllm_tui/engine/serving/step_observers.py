@@ -9,10 +9,17 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
+from itertools import count
+from typing import TYPE_CHECKING
 
+from nanovllm_tui.engine.config import POLICIES
 from nanovllm_tui.engine.stats import EngineStats, StepStats
+
+if TYPE_CHECKING:
+    from nanovllm_tui.engine.serving.protocol import EngineInfo
+    from nanovllm_tui.engine.serving.service_setup import RequestChecker
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +78,38 @@ class StepObservers:
 
 
 class ObservedService:
-    """The observation half of a service's interface (both services inherit it): reads of `_stats` (the latest
-    EngineStats), `_fatal` and `_observers`, which the service keeps current."""
+    """What both services share (each inherits it): reads of `_stats` (the latest EngineStats), `_fatal`,
+    `_observers` and `_info`, which the service keeps current, and the caller-thread request checks."""
 
     _observers: StepObservers
     _stats: EngineStats
     _fatal: str | None
+    _info: EngineInfo
+    _checker: RequestChecker
+    _ids: count[int]
+
+    def engine_info(self) -> EngineInfo:
+        """What engine this service runs (fixed for its lifetime; the policy is the one it started with)."""
+        return self._info
+
+    def tokenize(self, text: str) -> list[int]:
+        """The model's token ids of `text` (no special tokens added); ValueError if it can't be tokenized."""
+        return self._checker.tokenize(text)
+
+    def _request_id(self, request_id: str | None, live: Container[str]) -> str:
+        """The caller's id if no live request holds it (ValueError if one does), else a fresh one."""
+        if request_id is None:
+            request_id = f"req-{next(self._ids)}"
+            while request_id in live:
+                request_id = f"req-{next(self._ids)}"
+        elif request_id in live:
+            raise ValueError(f"request_id {request_id!r} is already in use; pass a unique id or None")
+        return request_id
+
+    @staticmethod
+    def _check_policy(policy: str) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"scheduling policy {policy!r}; choose one of {', '.join(POLICIES)}")
 
     def stats(self) -> EngineStats:
         """Cumulative counters as of the last step the service has seen."""

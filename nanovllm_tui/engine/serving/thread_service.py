@@ -10,6 +10,7 @@ Contract:
   "step_error" event; serving goes on. An exception escaping step() is fatal: published once as a "fatal"
   event, every pending request finishes with "error", the loop stops and later submits raise RuntimeError.
 - shutdown() stops the thread within its timeout; unfinished requests end with finish_reason "abort".
+- Callers never touch the engine: engine_info(), tokenize() and the control methods are the whole interface.
 """
 
 from __future__ import annotations
@@ -22,32 +23,20 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
-from nanovllm_tui.engine.config import POLICIES, Config
+from nanovllm_tui.engine.config import Config
 from nanovllm_tui.engine.llm_engine import LLMEngine
 from nanovllm_tui.engine.outputs import RequestOutput
 from nanovllm_tui.engine.sampling_params import SamplingParams
-from nanovllm_tui.engine.scheduling.sequence import Sequence as EngineSequence
+from nanovllm_tui.engine.serving.delivery import SHUTDOWN, Live, copy_seq_metrics, end_handle, split_reasoning
+from nanovllm_tui.engine.serving.protocol import Prompt
 from nanovllm_tui.engine.serving.request_handle import RequestHandle, RequestMetrics
-from nanovllm_tui.engine.serving.service_setup import Prompt, make_engine, prepare_request
+from nanovllm_tui.engine.serving.service_setup import RequestChecker, engine_info_of, make_engine
 from nanovllm_tui.engine.serving.step_observers import ObservedService, ServiceEvent, StepObservers
 from nanovllm_tui.engine.stats import EngineStats, StepStats
-from nanovllm_tui.engine.text.chat import template_has_reasoning
 from nanovllm_tui.engine.text.reasoning import ReasoningSplitter
-
-_SHUTDOWN = "the engine service was shut down before this request finished"
-
-
-@dataclass(slots=True)
-class _Active:
-    """Engine-thread bookkeeping for one live request."""
-
-    handle: RequestHandle
-    seq: EngineSequence | None = None
-    splitter: ReasoningSplitter | None = None
 
 
 class EngineService(ObservedService):
@@ -64,22 +53,23 @@ class EngineService(ObservedService):
         max_events: int = 256,
         **engine_kwargs: Any,
     ):
-        self.engine = make_engine(llm_or_config, engine_kwargs)
+        self._engine = make_engine(llm_or_config, engine_kwargs)
+        self._info = engine_info_of(self._engine)
+        self._checker = RequestChecker(self._engine.config, self._engine.tokenizer)
         self._cond = threading.Condition(threading.Lock())
-        self._commands: deque[Callable[[], None]] = deque()  # guarded by _cond
+        self._commands: deque[Callable[[], object]] = deque()  # guarded by _cond
         self._handles: dict[str, RequestHandle] = {}  # live requests, guarded by _cond
         self._holds = 0  # open batch() blocks, guarded by _cond
         self._stopping = False  # shutdown() asked the loop to stop
         self._stopped = False  # the loop is gone (shutdown or fatal)
         self._fatal: str | None = None
         self._ids = count()
-        self._active: dict[str, _Active] = {}  # engine thread only
+        self._active: dict[str, Live] = {}  # engine thread only
         self._busy = False  # engine thread only: unfinished work left
         # Ring buffers written by the engine thread; deque.copy() reads them atomically under the GIL.
         self._observers = StepObservers(history_size, max_events)
-        self._last_published: StepStats | None = self.engine.last_step
-        self._stats: EngineStats = self.engine.stats()
-        self._reasoning_template = template_has_reasoning(self.engine.tokenizer)
+        self._last_published: StepStats | None = self._engine.last_step
+        self._stats: EngineStats = self._engine.stats()
         self._thread = threading.Thread(target=self._run, name="nanovllm-engine", daemon=True)
         # Everything alive now (torch, Triton, transformers, the model) leaves the cyclic GC's view: otherwise
         # each full collection rescans those ~400k objects, a 0.15-0.25 s pause in which no running request
@@ -106,18 +96,11 @@ class EngineService(ObservedService):
         """
         arrival = time.monotonic()
         sp = sampling_params or SamplingParams()
-        ids, splitter = prepare_request(
-            self.engine, prompt, sp, enable_thinking, split_reasoning, self._reasoning_template
-        )
+        ids, splitter = self._checker.prepare(prompt, sp, enable_thinking, split_reasoning)
         with self._cond:
             if self._stopped or self._stopping:
                 raise RuntimeError(f"the engine service has stopped ({self._fatal or 'shut down'}); start a new one")
-            if request_id is None:
-                request_id = f"req-{next(self._ids)}"
-                while request_id in self._handles:
-                    request_id = f"req-{next(self._ids)}"
-            elif request_id in self._handles:
-                raise ValueError(f"request_id {request_id!r} is already in use; pass a unique id or None")
+            request_id = self._request_id(request_id, self._handles)
             metrics = RequestMetrics(arrival_time=arrival, num_prompt_tokens=len(ids))
             handle = self.handle_factory(request_id, metrics, self.abort)
             self._handles[request_id] = handle
@@ -132,20 +115,28 @@ class EngineService(ObservedService):
         with self._cond:
             if request_id not in self._handles or self._stopped:
                 return False
-            self._commands.append(lambda: self.engine.abort_request(request_id))
+            self._commands.append(lambda: self._engine.abort_request(request_id))
             self._cond.notify()
         return True
 
     # -- control (any thread) --------------------------------------------------------------------
     def set_scheduling_policy(self, policy: str) -> None:
         """Switch the scheduler's policy from the next step on ("mixed" or "prefill_first")."""
-        if policy not in POLICIES:
-            raise ValueError(f"scheduling policy {policy!r}; choose one of {', '.join(POLICIES)}")
-        self._command(lambda: self.engine.set_scheduling_policy(policy))
+        self._check_policy(policy)
+        self._command(lambda: self._engine.set_scheduling_policy(policy))
 
     def set_block_map(self, enabled: bool) -> None:
         """Ask for a BlockMap in every StepStats (costs O(blocks) per step; for the dashboard's heat map)."""
-        self._command(lambda: setattr(self.engine, "collect_block_map", bool(enabled)))
+        engine, on = self._engine, bool(enabled)
+
+        def apply() -> None:
+            engine.collect_block_map = on
+
+        self._command(apply)
+
+    def reset_prefix_cache(self) -> None:
+        """Drop every cached block's hash before the next step: later requests start cold (benchmarks)."""
+        self._command(self._engine.block_manager.reset_prefix_cache)
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -160,7 +151,7 @@ class EngineService(ObservedService):
                 self._holds -= 1
                 self._cond.notify()
 
-    def _command(self, fn: Callable[[], None]) -> None:
+    def _command(self, fn: Callable[[], object]) -> None:
         with self._cond:
             if self._stopped:
                 raise RuntimeError(f"the engine service has stopped ({self._fatal or 'shut down'})")
@@ -188,12 +179,10 @@ class EngineService(ObservedService):
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         # If the step in flight outlives the timeout, fail the handles from here; late outputs are dropped.
-        self._fail_all("abort", _SHUTDOWN)
+        self._fail_all("abort", SHUTDOWN)
         gc.unfreeze()
         if close_engine and not self._thread.is_alive():
-            close = getattr(self.engine, "shutdown", None) or getattr(self.engine, "exit", None)
-            if callable(close):
-                close()
+            self._engine.shutdown()
 
     def __enter__(self) -> EngineService:
         return self
@@ -215,13 +204,13 @@ class EngineService(ObservedService):
                         self._commands.clear()
                 for command in commands:
                     command()
-                if self.engine.has_unfinished_requests():
-                    outputs = self.engine.step()
-                    self._stats = self.engine.stats()  # before the deltas: a finished reader sees its blocks freed
+                if self._engine.has_unfinished_requests():
+                    outputs = self._engine.step()
+                    self._stats = self._engine.stats()  # before the deltas: a finished reader sees its blocks freed
                     self._publish(outputs)
                 else:
-                    self._stats = self.engine.stats()
-                self._busy = self.engine.has_unfinished_requests()
+                    self._stats = self._engine.stats()
+                self._busy = self._engine.has_unfinished_requests()
         except BaseException as exc:
             self._on_fatal(exc)
         finally:
@@ -229,18 +218,18 @@ class EngineService(ObservedService):
                 self._abort_in_engine()
             with self._cond:
                 self._stopped = True
-            self._fail_all("abort", _SHUTDOWN)
+            self._fail_all("abort", SHUTDOWN)
 
     def _abort_in_engine(self) -> None:
         """On shutdown: abort the live requests in the engine too, so it is left clean (and reusable)."""
         try:
             for request_id in list(self._active):
-                self.engine.abort_request(request_id)
-            if self.engine.has_unfinished_requests():
-                outputs = self.engine.step()  # only aborts are pending: no forward runs
+                self._engine.abort_request(request_id)
+            if self._engine.has_unfinished_requests():
+                outputs = self._engine.step()  # only aborts are pending: no forward runs
                 for out in outputs:
                     if out.finish_reason == "abort":
-                        out.error = _SHUTDOWN
+                        out.error = SHUTDOWN
                 self._publish(outputs)
         except Exception as exc:  # the handles are failed right after anyway
             self._observers.add_event(ServiceEvent("step_error", time.monotonic(), f"{type(exc).__name__}: {exc}"))
@@ -249,12 +238,12 @@ class EngineService(ObservedService):
         self, handle: RequestHandle, ids: list[int], sp: SamplingParams, splitter: ReasoningSplitter | None
     ) -> None:
         try:
-            seq = self.engine.add_request(ids, sp, handle.request_id, detokenize=True)
+            seq = self._engine.add_request(ids, sp, handle.request_id, detokenize=True)
         except ValueError as exc:  # validated already; only a race (e.g. an id the engine still holds) lands here
             self._finish_handle(handle, "error", str(exc))
             return
         seq.arrival_time = handle.metrics.arrival_time  # TTFT counts from submit(), not from the engine thread
-        self._active[handle.request_id] = _Active(handle, seq, splitter)
+        self._active[handle.request_id] = Live(handle, splitter, seq)
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
         """Hand this step's deltas to their handles, then the step's stats to the ring buffer and listeners."""
@@ -263,47 +252,26 @@ class EngineService(ObservedService):
             active = self._active.get(out.request_id)
             if active is None:
                 continue
-            if active.splitter is not None:
-                out.text, out.reasoning = active.splitter.feed(out.text)
-                if out.finished:
-                    text, reasoning = active.splitter.flush()
-                    out.text += text
-                    out.reasoning += reasoning
-            self._update_metrics(active, out, now)
+            split_reasoning(active.splitter, out)
+            copy_seq_metrics(active, out, now)
             if out.finished:
                 del self._active[out.request_id]
                 with self._cond:
                     self._handles.pop(out.request_id, None)
             active.handle._put(out)
-        step = self.engine.last_step
+        step = self._engine.last_step
         if step is None or step is self._last_published or step.num_seqs == 0:
             return  # a step that only delivered aborts/admission errors computed nothing
         self._last_published = step
         if step.error:
             failed = tuple(o.request_id for o in outputs if o.finish_reason == "error")
-            self._observers.add_event(
-                ServiceEvent("step_error", now, step.error, failed, getattr(self.engine, "last_traceback", None))
-            )
+            self._observers.add_event(ServiceEvent("step_error", now, step.error, failed, self._engine.last_traceback))
         self._observers.publish(step)
 
-    @staticmethod
-    def _update_metrics(active: _Active, out: RequestOutput, now: float) -> None:
-        m, seq = active.handle.metrics, active.seq
-        if seq is not None:
-            m.num_cached_tokens = seq.num_cached_tokens
-            m.num_preemptions = seq.num_preemptions
-            m.first_token_time = seq.first_token_time
-            if out.token_ids:
-                m.token_times.extend(seq.token_times[len(m.token_times) :])
-        if out.finished:
-            m.finished_time = now
-
     def _finish_handle(self, handle: RequestHandle, reason: str, error: str | None) -> None:
-        if handle.metrics.finished_time is None:
-            handle.metrics.finished_time = time.monotonic()
         with self._cond:
             self._handles.pop(handle.request_id, None)
-        handle._put(RequestOutput(handle.request_id, finished=True, finish_reason=reason, error=error))
+        end_handle(handle, reason, error)
 
     def _fail_all(self, reason: str, error: str) -> None:
         with self._cond:
