@@ -16,7 +16,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
-from nanovllm_tui.kernels import triton_decode, triton_prefill
+from nanovllm_tui.kernels import decode_splits, triton_decode, triton_prefill
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM = 16, 8, 128  # Qwen3-0.6B
 DTYPE = torch.bfloat16
@@ -71,8 +71,8 @@ def run_decode(copy_gbs: float) -> None:
     print(f"{'batch':>6} {'context':>8} {'block':>6} {'splits':>6} {'time us':>9} {'GB/s':>7} {'of copy':>8}")
     for batch, context, block_size in DECODE_CASES:
         q, k_cache, v_cache, ctx, tables = decode_case(batch, context, block_size)
-        splits = triton_decode.choose_num_splits(
-            batch, NUM_KV_HEADS, tables.shape[1], block_size, triton_decode._num_sms(0)
+        splits = decode_splits.choose_num_splits(
+            batch, NUM_KV_HEADS, tables.shape[1], block_size, decode_splits.num_sms(0)
         )
         ms = bench_ms(partial(triton_decode.paged_decode_attention, q, k_cache, v_cache, ctx, tables, HEAD_DIM**-0.5))
         gbs = decode_bytes(batch, context) / ms / 1e6
@@ -179,8 +179,8 @@ def sweep(copy_gbs: float, seconds: float) -> None:
     default_decode = triton_decode._config
     for batch, context, block_size in DECODE_CASES:
         q, k_cache, v_cache, ctx, tables = decode_case(batch, context, block_size)
-        base = triton_decode.choose_num_splits(
-            batch, NUM_KV_HEADS, tables.shape[1], block_size, triton_decode._num_sms(0)
+        base = decode_splits.choose_num_splits(
+            batch, NUM_KV_HEADS, tables.shape[1], block_size, decode_splits.num_sms(0)
         )
         for block_n, warps, stages, splits in itertools.product(
             (32, 64, 128), (4,), (2, 3, 4), sorted({base, 2 * base})

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("triton", reason="Triton is not installed; the Triton kernels cannot be tested")
 
-from nanovllm_tui.kernels import torch_ref, triton_decode, triton_prefill
+from nanovllm_tui.kernels import decode_splits, torch_ref, triton_decode, triton_prefill
 from nanovllm_tui.kernels.backend import TorchBackend
 from nanovllm_tui.kernels.metadata import AttentionMetadata
 from nanovllm_tui.kernels.triton_backend import TritonBackend
@@ -168,12 +168,12 @@ def test_decode_row_limit_with_splits(gen) -> None:
 def test_num_splits_depends_on_shapes_only() -> None:
     # Big batches use one split, medium ones 2, smaller ones 8 to balance ragged contexts, few long sequences
     # fan out further; short capacity never splits.
-    assert triton_decode.choose_num_splits(256, 8, 16, 256, 132) == 1
-    assert triton_decode.choose_num_splits(192, 8, 16, 256, 132) == 2
-    assert triton_decode.choose_num_splits(128, 8, 16, 256, 132) == 8
-    assert triton_decode.choose_num_splits(4, 8, 64, 256, 132) > 8
-    assert triton_decode.choose_num_splits(64, 8, 2, 256, 132) == 2  # capped by 512 tokens of capacity
-    assert triton_decode.choose_num_splits(1, 8, 1, 16, 132) == 1
+    assert decode_splits.choose_num_splits(256, 8, 16, 256, 132) == 1
+    assert decode_splits.choose_num_splits(192, 8, 16, 256, 132) == 2
+    assert decode_splits.choose_num_splits(128, 8, 16, 256, 132) == 8
+    assert decode_splits.choose_num_splits(4, 8, 64, 256, 132) > 8
+    assert decode_splits.choose_num_splits(64, 8, 2, 256, 132) == 2  # capped by 512 tokens of capacity
+    assert decode_splits.choose_num_splits(1, 8, 1, 16, 132) == 1
 
 
 def test_backend_matches_torch_backend(gen) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from nanovllm_tui.kernels.decode_splits import mixed_num_splits
 from nanovllm_tui.kernels.metadata import AttentionMetadata
-from nanovllm_tui.kernels.triton_decode import mixed_num_splits, paged_decode_attention
+from nanovllm_tui.kernels.triton_decode import paged_decode_attention
 from nanovllm_tui.kernels.triton_prefill import paged_prefill_attention
 from nanovllm_tui.kernels.triton_qkv import qk_norm_rope_store
 from nanovllm_tui.kernels.triton_store_kv import store_kvcache

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+from nanovllm_tui.kernels.paged_checks import LOG2E, check_paged
 
 
 @triton.jit
@@ -17,14 +17,13 @@ def _load_kv_tile(
     context_len,
     stride_cb,
     stride_co,
-    stride_ch,
-    kv_head,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     MASKED: tl.constexpr,
 ):
-    """[BLOCK_N, HEAD_DIM] keys or values of positions start..start+BLOCK_N, gathered through the block table."""
+    """[BLOCK_N, HEAD_DIM] keys or values of positions start..start+BLOCK_N, gathered through the block table
+    (cache_ptr already points at this kv head)."""
     pos = start + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, HEAD_DIM)
     if BLOCK_N <= BLOCK_SIZE:
@@ -33,9 +32,7 @@ def _load_kv_tile(
     else:
         # Small cache blocks: the tile spans several, look each position's block up.
         block = tl.load(table_row_ptr + pos // BLOCK_SIZE, mask=pos < context_len, other=0).to(tl.int64)
-    ptrs = (
-        cache_ptr + (block * stride_cb + (pos % BLOCK_SIZE) * stride_co)[:, None] + kv_head * stride_ch + dims[None, :]
-    )
+    ptrs = cache_ptr + (block * stride_cb + (pos % BLOCK_SIZE) * stride_co)[:, None] + dims[None, :]
     if MASKED:
         # Slots past the context hold stale data (maybe NaN); zeros keep p * v finite.
         return tl.load(ptrs, mask=(pos < context_len)[:, None], other=0.0)
@@ -49,8 +46,8 @@ def _attend_tiles(
     m_i,
     q,
     q_pos,
-    k_cache_ptr,
-    v_cache_ptr,
+    k_ptr,
+    v_ptr,
     table_row,
     lo,
     hi,
@@ -58,8 +55,6 @@ def _attend_tiles(
     qk_scale,
     stride_cb,
     stride_co,
-    stride_ch,
-    kv_head,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -69,18 +64,7 @@ def _attend_tiles(
     """Online-softmax update of (acc, l, m) with key tiles lo..hi; MASKED applies the causal mask."""
     for start in range(lo, hi, BLOCK_N):
         k = _load_kv_tile(
-            k_cache_ptr,
-            table_row,
-            start,
-            context_len,
-            stride_cb,
-            stride_co,
-            stride_ch,
-            kv_head,
-            BLOCK_SIZE,
-            BLOCK_N,
-            HEAD_DIM,
-            MASKED,
+            k_ptr, table_row, start, context_len, stride_cb, stride_co, BLOCK_SIZE, BLOCK_N, HEAD_DIM, MASKED
         )
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         if MASKED:
@@ -92,24 +76,71 @@ def _attend_tiles(
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = _load_kv_tile(
-            v_cache_ptr,
-            table_row,
-            start,
-            context_len,
-            stride_cb,
-            stride_co,
-            stride_ch,
-            kv_head,
-            BLOCK_SIZE,
-            BLOCK_N,
-            HEAD_DIM,
-            MASKED,
+            v_ptr, table_row, start, context_len, stride_cb, stride_co, BLOCK_SIZE, BLOCK_N, HEAD_DIM, MASKED
         )
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     return acc, l_i, m_i
 
 
+@triton.jit
+def _find_tile(cu_seqlens_ptr, first_row_ptr, num_rows, BLOCK_M: tl.constexpr, ROWS_PAD: tl.constexpr):
+    """(sequence, query tile) of this program in a TILE_SEARCH grid, counting rows from *first_row_ptr on;
+    tile -1: past the last tile (nothing to do)."""
+    t = tl.program_id(1)
+    r = tl.arange(0, ROWS_PAD)
+    r_ok = (r >= tl.load(first_row_ptr)) & (r < num_rows)
+    lens = tl.load(cu_seqlens_ptr + r + 1, mask=r_ok, other=0) - tl.load(cu_seqlens_ptr + r, mask=r_ok, other=0)
+    ntiles = (lens + BLOCK_M - 1) // BLOCK_M
+    cum = tl.cumsum(ntiles, 0)
+    seq = tl.sum((cum <= t).to(tl.int32), 0)
+    mine = r == seq
+    tile = tl.sum(tl.where(mine, cum, 0), 0) - 1 - t  # heaviest (last) tile of a row first
+    return seq, tl.where(t >= tl.sum(ntiles, 0), -1, tile)
+
+
+@triton.jit
+def _attend_causal(
+    q,
+    q_pos,
+    k_ptr,
+    v_ptr,
+    table_row,
+    first_pos,
+    context_len,
+    qk_scale,
+    stride_cb,
+    stride_co,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Attention output of a query tile whose first query sits at position first_pos: softmax-weighted values."""
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite: a fully masked row must not give NaN
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    # 1. Keys before the tile's first query position are visible to every row: no mask needed.
+    first_masked = (first_pos // BLOCK_N) * BLOCK_N
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, table_row, 0, first_masked, context_len, qk_scale, stride_cb, stride_co,
+        BLOCK_SIZE, BLOCK_N, HEAD_DIM, PRECISION, False,
+    )  # fmt: skip
+    # 2. Keys from there to the tile's last query position need the causal mask.
+    end = tl.minimum(context_len, first_pos + BLOCK_M)
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, table_row, first_masked, end, context_len, qk_scale, stride_cb,
+        stride_co, BLOCK_SIZE, BLOCK_N, HEAD_DIM, PRECISION, True,
+    )  # fmt: skip
+    return acc / l_i[:, None]
+
+
+# One program per (query head, sequence, query tile); tiles are launched heaviest (last) first.
+# TILE_SEARCH (a mixed batch's CUDA graph, where the grid cannot follow the batch): the grid is (heads, enough
+# tiles for any batch of this token count); each program finds its own (sequence, tile) from cu_seqlens,
+# counting only rows from *first_row_ptr on (rows before it are decodes, done by the decode kernel), and
+# programs past the last tile return at once.
 # The block-table width varies step to step in eager mode: specialising on it would recompile mid-run.
 @triton.jit(do_not_specialize=["stride_tb", "num_rows"])
 def _prefill_kernel(
@@ -140,26 +171,12 @@ def _prefill_kernel(
     TILE_SEARCH: tl.constexpr,
     ROWS_PAD: tl.constexpr,
 ):
-    """One program per (query head, sequence, query tile); tiles are launched heaviest (last) first.
-
-    TILE_SEARCH (a mixed batch's CUDA graph, where the grid cannot follow the batch): the grid is
-    (heads, enough tiles for any batch of this token count); each program finds its own (sequence,
-    tile) from cu_seqlens, counting only rows from *first_row_ptr on (rows before it are decodes,
-    done by the decode kernel), and programs past the last tile return at once.
-    """
+    """Causal attention of one query tile of one sequence for one query head (see the comment above)."""
     head = tl.program_id(0)
     if TILE_SEARCH:
-        t = tl.program_id(1)
-        r = tl.arange(0, ROWS_PAD)
-        r_ok = (r >= tl.load(first_row_ptr)) & (r < num_rows)
-        lens = tl.load(cu_seqlens_ptr + r + 1, mask=r_ok, other=0) - tl.load(cu_seqlens_ptr + r, mask=r_ok, other=0)
-        ntiles = (lens + BLOCK_M - 1) // BLOCK_M
-        cum = tl.cumsum(ntiles, 0)
-        if t >= tl.sum(ntiles, 0):
+        seq, tile = _find_tile(cu_seqlens_ptr, first_row_ptr, num_rows, BLOCK_M, ROWS_PAD)
+        if tile < 0:
             return
-        seq = tl.sum((cum <= t).to(tl.int32), 0)
-        mine = r == seq
-        tile = tl.sum(tl.where(mine, cum, 0), 0) - 1 - t  # heaviest (last) tile of a row first
     else:
         seq = tl.program_id(1)
         tile = tl.num_programs(2) - 1 - tl.program_id(2)
@@ -171,72 +188,17 @@ def _prefill_kernel(
     context_len = tl.load(context_lens_ptr + seq)
     prefix = context_len - q_len  # queries are the last q_len positions of the context
     kv_head = head // GROUP
-    table_row = block_tables_ptr + seq.to(tl.int64) * stride_tb
-
-    # 1. Load the query tile once; it stays in registers for the whole key loop.
+    # The query tile is loaded once; it stays in registers for the whole key loop.
     rows = m0 + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, HEAD_DIM)
     row_ok = rows < q_len
     q_offs = (q_start + rows).to(tl.int64)[:, None] * stride_qt + head * stride_qh + dims[None, :]
     q = tl.load(q_ptr + q_offs, mask=row_ok[:, None], other=0.0)
-    q_pos = prefix + rows
-
-    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite: a fully masked row must not give NaN
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-
-    # 2. Keys before the tile's first query position are visible to every row: no mask needed.
-    first_masked = ((prefix + m0) // BLOCK_N) * BLOCK_N
-    acc, l_i, m_i = _attend_tiles(
-        acc,
-        l_i,
-        m_i,
-        q,
-        q_pos,
-        k_cache_ptr,
-        v_cache_ptr,
-        table_row,
-        0,
-        first_masked,
-        context_len,
-        qk_scale,
-        stride_cb,
-        stride_co,
-        stride_ch,
-        kv_head,
-        BLOCK_SIZE,
-        BLOCK_N,
-        HEAD_DIM,
-        PRECISION,
-        False,
-    )
-    # 3. Keys from there to the tile's last query position need the causal mask.
-    end = tl.minimum(context_len, prefix + m0 + BLOCK_M)
-    acc, l_i, m_i = _attend_tiles(
-        acc,
-        l_i,
-        m_i,
-        q,
-        q_pos,
-        k_cache_ptr,
-        v_cache_ptr,
-        table_row,
-        first_masked,
-        end,
-        context_len,
-        qk_scale,
-        stride_cb,
-        stride_co,
-        stride_ch,
-        kv_head,
-        BLOCK_SIZE,
-        BLOCK_N,
-        HEAD_DIM,
-        PRECISION,
-        True,
-    )
-
-    out = acc / l_i[:, None]
+    out = _attend_causal(
+        q, prefix + rows, k_cache_ptr + kv_head * stride_ch, v_cache_ptr + kv_head * stride_ch,
+        block_tables_ptr + seq.to(tl.int64) * stride_tb, prefix + m0, context_len, qk_scale, stride_cb, stride_co,
+        BLOCK_SIZE, BLOCK_M, BLOCK_N, HEAD_DIM, PRECISION,
+    )  # fmt: skip
     o_offs = (q_start + rows).to(tl.int64)[:, None] * stride_ot + head * stride_oh + dims[None, :]
     tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
@@ -267,11 +229,7 @@ def paged_prefill_attention(
     the grid depends only on the shapes (tokens, rows), not on max_seqlen_q.
     """
     num_tokens, num_heads, head_dim = q.shape
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-    assert num_heads % num_kv_heads == 0 and k_cache.shape[3] == head_dim
-    assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, "head_dim must be a power of two >= 16"
-    assert block_size & (block_size - 1) == 0, "block_size must be a power of two"
-    assert q.stride(-1) == 1 and k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
+    block_size, num_kv_heads = check_paged(q, k_cache, v_cache)
     out = torch.empty_like(q) if out is None else out
     batch = context_lens.shape[0]
     if num_tokens == 0 or batch == 0:

@@ -46,6 +46,70 @@ def _rotary(x1, x2, cos1, cos2, sin1, sin2, dtype: tl.constexpr):
 
 
 @triton.jit
+def _norm_rope_q(
+    row,
+    q_out,
+    qw_ptr,
+    eps,
+    kv_head,
+    cos1,
+    cos2,
+    sin1,
+    sin2,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    Q_NORM: tl.constexpr,
+    dtype: tl.constexpr,
+):
+    """A group's query heads from the qkv row: norm (Q_NORM), rotate, write to this token's q output."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    dims = tl.arange(0, HALF)[None, :]
+    heads = kv_head * GROUP + tl.arange(0, BLOCK_G)[:, None]
+    mask = (heads < (kv_head + 1) * GROUP) & (dims < HALF)
+    x1 = tl.load(row + heads * HEAD_DIM + dims, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(row + heads * HEAD_DIM + HALF + dims, mask=mask, other=0.0).to(tl.float32)
+    if Q_NORM:
+        x1, x2 = _rms_norm(x1, x2, qw_ptr, eps, HALF, dtype)
+    x1, x2 = _rotary(x1, x2, cos1, cos2, sin1, sin2, dtype)
+    out = q_out + heads * HEAD_DIM
+    tl.store(out + dims, x1.to(dtype), mask=mask)
+    tl.store(out + HALF + dims, x2.to(dtype), mask=mask)
+
+
+@triton.jit
+def _norm_rope_store_kv(
+    k_src,
+    v_src,
+    k_dst,
+    v_dst,
+    kw_ptr,
+    eps,
+    cos1,
+    cos2,
+    sin1,
+    sin2,
+    HEAD_DIM: tl.constexpr,
+    K_NORM: tl.constexpr,
+    dtype: tl.constexpr,
+):
+    """A key head normed (K_NORM) and rotated, and its value head, stored into their cache slots."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    dims = tl.arange(0, HALF)[None, :]
+    k1 = tl.load(k_src + dims).to(tl.float32)
+    k2 = tl.load(k_src + HALF + dims).to(tl.float32)
+    if K_NORM:
+        k1, k2 = _rms_norm(k1, k2, kw_ptr, eps, HALF, dtype)
+    k1, k2 = _rotary(k1, k2, cos1, cos2, sin1, sin2, dtype)
+    v_dims = tl.arange(0, HEAD_DIM)
+    v = tl.load(v_src + v_dims)
+    cache_ty = k_dst.dtype.element_ty
+    tl.store(k_dst + dims, k1.to(dtype).to(cache_ty))
+    tl.store(k_dst + HALF + dims, k2.to(dtype).to(cache_ty))
+    tl.store(v_dst + v_dims, v.to(cache_ty))
+
+
+@triton.jit
 def _qk_norm_rope_store_kernel(
     qkv_ptr,
     pos_ptr,
@@ -91,33 +155,17 @@ def _qk_norm_rope_store_kernel(
     sin2 = _round(tl.load(sin_ptr + pos * stride_sin + HALF + dims), dtype)
 
     # 2. Query heads of this group: norm, rotate, write to the contiguous q output.
-    heads = kv_head * GROUP + tl.arange(0, BLOCK_G)[:, None]
-    mask = (heads < (kv_head + 1) * GROUP) & (dims < HALF)
-    x1 = tl.load(row + heads * HEAD_DIM + dims, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(row + heads * HEAD_DIM + HALF + dims, mask=mask, other=0.0).to(tl.float32)
-    if Q_NORM:
-        x1, x2 = _rms_norm(x1, x2, qw_ptr, eps, HALF, dtype)
-    x1, x2 = _rotary(x1, x2, cos1, cos2, sin1, sin2, dtype)
-    out = q_ptr + token * (NUM_HEADS * HEAD_DIM) + heads * HEAD_DIM
-    tl.store(out + dims, x1.to(dtype), mask=mask)
-    tl.store(out + HALF + dims, x2.to(dtype), mask=mask)
+    q_out = q_ptr + token * (NUM_HEADS * HEAD_DIM)
+    _norm_rope_q(row, q_out, qw_ptr, eps, kv_head, cos1, cos2, sin1, sin2, GROUP, BLOCK_G, HEAD_DIM, Q_NORM, dtype)
 
     # 3. Key and value head: skipped for padded rows (slot -1); int64 slots, as in triton_store_kv.
     slot = tl.load(slot_ptr + token * stride_slot).to(tl.int64)
     if slot >= 0:
         k_src = row + (NUM_HEADS + kv_head) * HEAD_DIM
-        k1 = tl.load(k_src + dims).to(tl.float32)
-        k2 = tl.load(k_src + HALF + dims).to(tl.float32)
-        if K_NORM:
-            k1, k2 = _rms_norm(k1, k2, kw_ptr, eps, HALF, dtype)
-        k1, k2 = _rotary(k1, k2, cos1, cos2, sin1, sin2, dtype)
-        v_dims = tl.arange(0, HEAD_DIM)
-        v = tl.load(row + (NUM_HEADS + NUM_KV_HEADS + kv_head) * HEAD_DIM + v_dims)
+        v_src = row + (NUM_HEADS + NUM_KV_HEADS + kv_head) * HEAD_DIM
         dst = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_co + kv_head * stride_ch
-        cache_ty = k_cache_ptr.dtype.element_ty
-        tl.store(k_cache_ptr + dst + dims, k1.to(dtype).to(cache_ty))
-        tl.store(k_cache_ptr + dst + HALF + dims, k2.to(dtype).to(cache_ty))
-        tl.store(v_cache_ptr + dst + v_dims, v.to(cache_ty))
+        k_dst, v_dst = k_cache_ptr + dst, v_cache_ptr + dst
+        _norm_rope_store_kv(k_src, v_src, k_dst, v_dst, kw_ptr, eps, cos1, cos2, sin1, sin2, HEAD_DIM, K_NORM, dtype)
 
 
 def qk_norm_rope_store(
@@ -137,38 +185,10 @@ def qk_norm_rope_store(
     Head counts come from the caches [num_blocks, block_size, Hkv, D]; slot -1 skips a row's store. Checks
     read shapes only (no device reads), so the call is CUDA-graph safe.
     """
-    if qkv.dim() != 2 or k_cache.dim() != 4:
-        raise ValueError(f"qkv must be 2-D and the caches 4-D, got {tuple(qkv.shape)} and {tuple(k_cache.shape)}")
+    num_heads, num_kv_heads, head_dim = _check_args(
+        qkv, positions, cos_cached, sin_cached, q_weight, k_weight, k_cache, v_cache, slot_mapping
+    )
     num_tokens = qkv.shape[0]
-    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-    if head_dim < 2 or head_dim & (head_dim - 1):
-        raise ValueError(f"head_dim {head_dim} must be a power of two")
-    num_heads = qkv.shape[1] // head_dim - 2 * num_kv_heads
-    if qkv.stride(-1) != 1 or qkv.shape[1] != (num_heads + 2 * num_kv_heads) * head_dim:
-        raise ValueError(
-            f"qkv {tuple(qkv.shape)} must be [N, (Hq+2*Hkv)*D] with contiguous rows "
-            f"(Hkv={num_kv_heads}, D={head_dim} from the cache)"
-        )
-    if num_heads <= 0 or num_heads % num_kv_heads:
-        raise ValueError(f"{num_heads} query heads is not a multiple of {num_kv_heads} kv heads")
-    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or v_cache.shape != k_cache.shape:
-        raise ValueError("k_cache and v_cache must share one layout with a contiguous head_dim")
-    if positions.shape != (num_tokens,) or slot_mapping.shape != (num_tokens,):
-        raise ValueError(
-            f"positions {tuple(positions.shape)} and slot_mapping {tuple(slot_mapping.shape)} must be "
-            f"1-D with one entry per token ({num_tokens})"
-        )
-    if (
-        cos_cached.shape[-1] != head_dim
-        or sin_cached.shape != cos_cached.shape
-        or cos_cached.stride(-1) != 1
-        or sin_cached.stride(-1) != 1
-    ):
-        raise ValueError(f"cos/sin caches {tuple(cos_cached.shape)} must be [max_pos, {head_dim}], contiguous rows")
-    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
-        # weight * x promotes to the weight's dtype: a different dtype would change where the eager op rounds.
-        if w is not None and (w.shape != (head_dim,) or w.dtype != qkv.dtype or not w.is_contiguous()):
-            raise ValueError(f"{name} must be a contiguous [{head_dim}] tensor of dtype {qkv.dtype}")
     q = torch.empty(num_tokens, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     if num_tokens == 0:
         return q
@@ -204,3 +224,50 @@ def qk_norm_rope_store(
         enable_fp_fusion=False,  # an fma would skip a rounding that eager's separate mul and add make
     )
     return q
+
+
+def _check_args(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos_cached: torch.Tensor,
+    sin_cached: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> tuple[int, int, int]:
+    """(query heads, kv heads, head dim) of qk_norm_rope_store's arguments; ValueError naming a bad one."""
+    if qkv.dim() != 2 or k_cache.dim() != 4:
+        raise ValueError(f"qkv must be 2-D and the caches 4-D, got {tuple(qkv.shape)} and {tuple(k_cache.shape)}")
+    num_tokens = qkv.shape[0]
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    if head_dim < 2 or head_dim & (head_dim - 1):
+        raise ValueError(f"head_dim {head_dim} must be a power of two")
+    num_heads = qkv.shape[1] // head_dim - 2 * num_kv_heads
+    if qkv.stride(-1) != 1 or qkv.shape[1] != (num_heads + 2 * num_kv_heads) * head_dim:
+        raise ValueError(
+            f"qkv {tuple(qkv.shape)} must be [N, (Hq+2*Hkv)*D] with contiguous rows "
+            f"(Hkv={num_kv_heads}, D={head_dim} from the cache)"
+        )
+    if num_heads <= 0 or num_heads % num_kv_heads:
+        raise ValueError(f"{num_heads} query heads is not a multiple of {num_kv_heads} kv heads")
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or v_cache.shape != k_cache.shape:
+        raise ValueError("k_cache and v_cache must share one layout with a contiguous head_dim")
+    if positions.shape != (num_tokens,) or slot_mapping.shape != (num_tokens,):
+        raise ValueError(
+            f"positions {tuple(positions.shape)} and slot_mapping {tuple(slot_mapping.shape)} must be "
+            f"1-D with one entry per token ({num_tokens})"
+        )
+    if (
+        cos_cached.shape[-1] != head_dim
+        or sin_cached.shape != cos_cached.shape
+        or cos_cached.stride(-1) != 1
+        or sin_cached.stride(-1) != 1
+    ):
+        raise ValueError(f"cos/sin caches {tuple(cos_cached.shape)} must be [max_pos, {head_dim}], contiguous rows")
+    for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
+        # weight * x promotes to the weight's dtype: a different dtype would change where the eager op rounds.
+        if w is not None and (w.shape != (head_dim,) or w.dtype != qkv.dtype or not w.is_contiguous()):
+            raise ValueError(f"{name} must be a contiguous [{head_dim}] tensor of dtype {qkv.dtype}")
+    return num_heads, num_kv_heads, head_dim

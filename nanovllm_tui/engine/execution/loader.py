@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -75,7 +76,7 @@ def load_model(model: nn.Module, model_dir: str) -> None:
                 "re-download or re-save the model"
             ) from exc
         with f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118  (a safe_open handle is not iterable)
                 if "rotary_emb.inv_freq" in name or (name in tied):
                     continue
                 target, shard = _map_name(name, packed)
@@ -85,28 +86,7 @@ def load_model(model: nn.Module, model_dir: str) -> None:
                         f"checkpoint tensor {name!r} has no place in the model built from "
                         "config.json; the weights don't match the config"
                     )
-                dtype = f.get_slice(name).get_dtype()
-                if dtype not in FLOAT_DTYPES:  # copy_() would silently cast integers into garbage weights
-                    raise ModelLoadError(
-                        f"checkpoint tensor {name!r} in {path} has dtype {SAFETENSORS_DTYPES.get(dtype, dtype)}; "
-                        "the engine loads float32/bfloat16/float16 weights — re-save the model unquantized"
-                    )
-                loader = getattr(param, "weight_loader", None)
-                try:
-                    # Under TP a weight loader narrows the tensor to its rank's shard: read only that part.
-                    tensor = LazySlice(f.get_slice(name)) if loader and get_tp_size() > 1 else f.get_tensor(name)
-                except Exception as exc:
-                    raise ModelLoadError(
-                        f"cannot read tensor {name!r} from {path} ({exc}); "
-                        "the file is truncated — re-download or re-save the model"
-                    ) from exc
-                try:
-                    if shard is None:
-                        loader(param, tensor) if loader else _default_loader(param, tensor)
-                    else:
-                        loader(param, tensor, shard)
-                except ValueError as exc:
-                    raise ModelLoadError(f"{name}: {exc}") from exc
+                _load_tensor(f, path, name, param, shard)
                 loaded.add(target)
                 if shard is not None:
                     shards.setdefault(target, set()).add(shard)
@@ -119,6 +99,33 @@ def load_model(model: nn.Module, model_dir: str) -> None:
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise ModelLoadError(f"checkpoint is missing weights {shown}; the weights don't match config.json")
+
+
+def _load_tensor(f: Any, path: str, name: str, param: nn.Parameter, shard: object) -> None:
+    """Read one checkpoint tensor and load it into its parameter (or its shard of a packed parameter)."""
+    dtype = f.get_slice(name).get_dtype()
+    if dtype not in FLOAT_DTYPES:  # copy_() would silently cast integers into garbage weights
+        raise ModelLoadError(
+            f"checkpoint tensor {name!r} in {path} has dtype {SAFETENSORS_DTYPES.get(dtype, dtype)}; "
+            "the engine loads float32/bfloat16/float16 weights — re-save the model unquantized"
+        )
+    loader = getattr(param, "weight_loader", None)
+    try:
+        # Under TP a weight loader narrows the tensor to its rank's shard: read only that part.
+        tensor = LazySlice(f.get_slice(name)) if loader and get_tp_size() > 1 else f.get_tensor(name)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot read tensor {name!r} from {path} ({exc}); the file is truncated — re-download or re-save the model"
+        ) from exc
+    try:
+        if loader is not None:
+            loader(param, tensor) if shard is None else loader(param, tensor, shard)
+        elif shard is None and isinstance(tensor, torch.Tensor):  # no loader: read whole, never lazily
+            _default_loader(param, tensor)
+        else:
+            raise ValueError("a packed parameter has no weight_loader; the model class is missing one")
+    except ValueError as exc:
+        raise ModelLoadError(f"{name}: {exc}") from exc
 
 
 class LazySlice:

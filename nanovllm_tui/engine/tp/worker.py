@@ -6,6 +6,7 @@ Ctrl+C (rank 0 decides when the group stops), and reports any error to rank 0 ov
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import faulthandler
 import os
@@ -13,6 +14,16 @@ import signal
 import threading
 import time
 import traceback
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the worker imports torch and the engine only once it runs (spawn re-imports this module)
+    import torch.distributed as dist
+
+    from nanovllm_tui.engine.config import Config
+    from nanovllm_tui.engine.execution.model_runner import ModelRunner
+    from nanovllm_tui.engine.execution.step import StepInputs
+    from nanovllm_tui.engine.tp.channel import StepChannel
 
 PARENT_POLL_S = 0.5
 
@@ -25,7 +36,9 @@ def _exit_when_orphaned(parent_pid: int) -> None:
             os._exit(0)
 
 
-def init_group(backend: str, store_port: int, rank: int, world_size: int, timeout_s: float, master: bool = False):
+def init_group(
+    backend: str, store_port: int, rank: int, world_size: int, timeout_s: float, master: bool = False
+) -> dist.TCPStore:
     """Join the rendezvous store (a free port rank 0 picked) and the default process group; returns the store."""
     import torch.distributed as dist
 
@@ -35,12 +48,15 @@ def init_group(backend: str, store_port: int, rank: int, world_size: int, timeou
     return store
 
 
-def _into_graph_buffers(runner, inputs) -> None:
+def _into_graph_buffers(runner: ModelRunner, inputs: StepInputs) -> None:
     """A CUDA-graph step replays this rank's own captured graph, so the inputs must sit in its static buffers."""
     graphs = runner.cuda_graphs
+    if graphs is None:
+        return
     if inputs.graph_tokens:
         ids, positions, meta = graphs.mixed_meta(inputs.graph_tokens)
-        meta.num_decode_dev.copy_(inputs.meta.num_decode_dev)
+        if meta.num_decode_dev is not None and inputs.meta.num_decode_dev is not None:
+            meta.num_decode_dev.copy_(inputs.meta.num_decode_dev)
     else:
         ids, positions, meta = graphs.meta(inputs.graph_bucket)
     ids.copy_(inputs.input_ids)
@@ -50,13 +66,13 @@ def _into_graph_buffers(runner, inputs) -> None:
 
 
 def worker_main(
-    config,
+    config: Config,
     rank: int,
     world_size: int,
     backend: str,
     store_port: int,
     channel_handle: tuple,
-    conn,
+    conn: Connection,
     parent_pid: int,
     timeout_s: float,
     num_threads: int,
@@ -67,13 +83,13 @@ def worker_main(
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     code = 0
-    channel = runner = None
+    channel: StepChannel | None = None
+    runner: ModelRunner | None = None
     try:
         import torch
-        import torch.distributed as dist
 
         from nanovllm_tui.engine.execution.model_runner import ModelRunner
-        from nanovllm_tui.engine.tp.channel import EXIT, StepChannel
+        from nanovllm_tui.engine.tp.channel import StepChannel
 
         if num_threads > 0:
             torch.set_num_threads(num_threads)
@@ -85,34 +101,42 @@ def worker_main(
         channel = StepChannel.attach(*channel_handle)
         channel.report_memory(rank, runner.memory_bytes())
         conn.send(("ready", runner.num_kvcache_blocks))
-        while True:
-            inputs = channel.recv(rank, runner.device, timeout=PARENT_POLL_S)
-            if inputs is None:
-                continue
-            if isinstance(inputs, str) and inputs == EXIT:
-                break
-            if (inputs.graph_bucket or inputs.graph_tokens) and runner.cuda_graphs is not None:
-                _into_graph_buffers(runner, inputs)
-            runner.execute(inputs)
-            channel.report_memory(rank, runner.memory_bytes())
+        _serve(runner, channel, rank)
     except BaseException:
         code = 1
-        try:
+        with contextlib.suppress(OSError, ValueError):
             conn.send(("error", traceback.format_exc()))
-        except (OSError, ValueError):
-            pass
     finally:
-        if channel is not None:
-            channel.close()
-        try:
-            import torch.distributed as dist
-
-            if runner is not None and code == 0:
-                runner.release_cuda_graphs()
-            if (
-                dist.is_initialized() and code == 0
-            ):  # rank 0 tears down at the same time (see engine.tp_group.WorkerGroup.close)
-                dist.destroy_process_group()
-        except Exception:  # the group may already be broken by a dead peer; we are leaving anyway
-            pass
+        _leave(channel, runner, code)
     os._exit(code)
+
+
+def _serve(runner: ModelRunner, channel: StepChannel, rank: int) -> None:
+    """Run every step rank 0 sends, until it sends EXIT."""
+    from nanovllm_tui.engine.tp.channel import EXIT
+
+    while True:
+        inputs = channel.recv(rank, runner.device, timeout=PARENT_POLL_S)
+        if inputs is None:
+            continue
+        if isinstance(inputs, str) and inputs == EXIT:
+            break
+        if (inputs.graph_bucket or inputs.graph_tokens) and runner.cuda_graphs is not None:
+            _into_graph_buffers(runner, inputs)
+        runner.execute(inputs)
+        channel.report_memory(rank, runner.memory_bytes())
+
+
+def _leave(channel: StepChannel | None, runner: ModelRunner | None, code: int) -> None:
+    """Close the channel; after a clean exit also release the graphs and leave the process group."""
+    if channel is not None:
+        channel.close()
+    try:
+        import torch.distributed as dist
+
+        if runner is not None and code == 0:
+            runner.release_cuda_graphs()
+        if dist.is_initialized() and code == 0:  # rank 0 tears down at the same time (see tp.group.WorkerGroup.close)
+            dist.destroy_process_group()
+    except Exception:  # the group may already be broken by a dead peer; we are leaving anyway
+        pass
