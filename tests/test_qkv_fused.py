@@ -1,7 +1,7 @@
 """Fused qkv prep (q/k RMSNorm + rotary + K/V store, nanovllm_tui/kernels/triton_qkv.py) vs the unfused eager ops, on CPU.
 
-The kernel runs under the Triton interpreter; the reference is the layers' own eager code (nanovllm_tui/kernels/qkv_ref.py),
-so "equal" here means the fused path rounds exactly where the unfused one does.
+The kernel runs under the Triton interpreter; the reference (nanovllm_tui/kernels/qkv_ref.py) is checked to be bit for bit
+the layers' own eager code, so "equal" here means the fused path rounds exactly where the unfused one does.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import torch
 
 pytest.importorskip("triton", reason="Triton is not installed; the Triton kernels cannot be tested")
 
-from nanovllm_tui.kernels import qkv_ref
+from nanovllm_tui.kernels import qkv_ref, torch_ref
 from nanovllm_tui.kernels.backend import TorchBackend
 from nanovllm_tui.kernels.metadata import AttentionMetadata
 from nanovllm_tui.kernels.triton_backend import TritonBackend
 from nanovllm_tui.kernels.triton_qkv import qk_norm_rope_store
+from nanovllm_tui.layers.layernorm import RMSNorm
 from nanovllm_tui.layers.rotary_embedding import RotaryEmbedding
 from nanovllm_tui.models.llama import LlamaAttention
 from nanovllm_tui.models.qwen3 import Qwen3Attention
@@ -69,6 +70,37 @@ def make_inputs(dtype, head_dim, num_kv_heads, group, num_tokens=9, block_size=4
     caches = [torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=gen).to(dtype) for _ in range(2)]
     weights = [(1 + 0.3 * torch.randn(head_dim, generator=gen)).to(dtype) for _ in range(2)]
     return qkv, positions, rope, slots, caches, weights
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_reference_is_the_layers_eager_path(dtype, qk_norm) -> None:
+    """qkv_ref (self-contained: kernels import no layer) gives exactly what the layers' RMSNorm and RotaryEmbedding
+    modules and the torch store give, so comparing the kernel with it compares it with the unfused model path."""
+    qkv, positions, rope, slots, (k_cache, v_cache), (qw, kw) = make_inputs(dtype, 32, 2, 2, seed=5)
+    num_kv_heads, head_dim = 2, 32
+    q_norm, k_norm = RMSNorm(head_dim, 1e-6), RMSNorm(head_dim, 1e-6)
+    q_norm.weight.data, k_norm.weight.data = qw, kw
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    q_ref = qkv_ref.qk_norm_rope_store(
+        qkv,
+        positions,
+        rope.cos_cached,
+        rope.sin_cached,
+        *((qw, kw) if qk_norm else (None, None)),
+        1e-6,
+        k_ref,
+        v_ref,
+        slots,
+    )
+    kv = num_kv_heads * head_dim
+    q, k, v = qkv.split([qkv.shape[1] - 2 * kv, kv, kv], dim=-1)
+    q, k = q.reshape(len(q), -1, head_dim), k.reshape(len(k), num_kv_heads, head_dim)
+    if qk_norm:
+        q, k = q_norm(q), k_norm(k)
+    q, k = rope(positions, q, k)
+    torch_ref.store_kvcache(k, v.reshape(len(v), num_kv_heads, head_dim), k_cache, v_cache, slots)
+    assert torch.equal(q_ref, q) and torch.equal(k_ref, k_cache) and torch.equal(v_ref, v_cache)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,12 +1,29 @@
-"""Plain-torch reference of nanovllm_tui/kernels/triton_qkv.py, built from the layers' own eager ops (the unfused path)."""
+"""Plain-torch reference of nanovllm_tui/kernels/triton_qkv.py: the unfused path's arithmetic (RMSNorm, then
+rotary, then the K/V store), written here so kernels import no layer. tests/test_qkv_fused.py checks that it
+matches the layers' own eager ops (layers/layernorm.py, layers/rotary_embedding.py) bit for bit."""
 
 from __future__ import annotations
 
 import torch
 
 from nanovllm_tui.kernels import torch_ref
-from nanovllm_tui.layers.layernorm import rms_norm
-from nanovllm_tui.layers.rotary_embedding import apply_rotary
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim: fp32 statistics, cast back to x's dtype, then times the weight."""
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin (rotate-half layout), with cos/sin cast to x's dtype first."""
+    dtype = x.dtype
+    cos, sin = cos.to(dtype), sin.to(dtype)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
 
 
 def qk_norm_rope_store(
@@ -31,6 +48,8 @@ def qk_norm_rope_store(
         q = rms_norm(q.reshape(-1, head_dim), q_weight, eps).view(q.shape)
     if k_weight is not None:
         k = rms_norm(k.reshape(-1, head_dim), k_weight, eps).view(k.shape)
-    q, k = apply_rotary(positions, q, k, cos_cached, sin_cached)
+    cos = cos_cached[positions].unsqueeze(1)
+    sin = sin_cached[positions].unsqueeze(1)
+    q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     torch_ref.store_kvcache(k, v.reshape(-1, num_kv_heads, head_dim), k_cache, v_cache, slot_mapping)
     return q.contiguous()
