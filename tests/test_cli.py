@@ -1,11 +1,14 @@
-"""The nanovllm-tui command line: bad --model paths fail before any UI with exit 2 and exactly one stderr line."""
+"""The nanovllm-tui command line: bad flags and --model paths fail before any UI, and without a terminal the app
+refuses at once; each with exit 2 and exactly one stderr line."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +17,36 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """The CLI with stdin, stdout and stderr on pipes (no terminal)."""
     return subprocess.run(
-        [sys.executable, "-m", "nanovllm_tui.app.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "nanovllm_tui.app.cli", *args],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
+
+
+def run_cli_on_terminal(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """The CLI with stdin and stdout on a pseudo-terminal (so it gets past the terminal check), stderr on a pipe.
+
+    For runs that fail while loading: the app never starts, so nothing waits for keys."""
+    controller, terminal = os.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "nanovllm_tui.app.cli", *args],
+            cwd=ROOT,
+            stdin=terminal,
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    return proc
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -62,6 +92,8 @@ def test_help_and_version():
         "--enforce-eager",
         "--tensor-parallel-size",
         "--attention-backend",
+        "--torch-threads",
+        "--engine-thread",
         "--debug",
         "--version",
     ):
@@ -98,12 +130,12 @@ def test_no_tokenizer(tmp_path, tiny_qwen3_gqa_dir):
 def test_weights_not_matching_config(tmp_path, tiny_qwen3_gqa_dir, change):
     model = copy_model(tiny_qwen3_gqa_dir, tmp_path / "m")
     edit_config(model, **change)
-    line = assert_one_line_error(run_cli("--model", str(model), "--device", "cpu"))
+    line = assert_one_line_error(run_cli_on_terminal("--model", str(model), "--device", "cpu"))
     assert "match" in line
 
 
 def test_cache_too_small_names_the_flag(tiny_qwen3_gqa_dir):
-    proc = run_cli(
+    proc = run_cli_on_terminal(
         "--model",
         str(tiny_qwen3_gqa_dir),
         "--device",
@@ -131,3 +163,55 @@ def test_mixed_prefill_tokens_flag_reaches_the_engine_options():
     assert "mixed_prefill_tokens" not in engine_kwargs(args)  # the streaming service's default applies
     args = build_parser().parse_args(["--model", "m", "--mixed-prefill-tokens", "0"])
     assert engine_kwargs(args)["mixed_prefill_tokens"] == 0
+
+
+def test_model_file_is_not_a_directory(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"not a model")
+    assert_one_line_error(run_cli("--model", str(path)), "is a file, not a directory")
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--block-size", "17", "power of two"),
+        ("--block-size", "8", ">= 16"),
+        ("--max-model-len", "0", ">= 1"),
+        ("--max-num-seqs", "0", ">= 1"),
+        ("--max-num-batched-tokens", "-5", ">= 1"),
+        ("--num-kvcache-blocks", "x", "not an integer"),
+        ("--gpu-memory-utilization", "1.5", "(0, 1]"),
+        ("--kv-cache-memory", "lots", "not a size"),
+        ("--torch-threads", "0", ">= 1"),
+    ],
+)
+def test_bad_numeric_flags_fail_before_loading(tmp_path, flag, value, message):
+    """argparse rejects them, so even a model dir that does not exist is never looked at."""
+    start = time.monotonic()
+    line = assert_one_line_error(run_cli("--model", str(tmp_path / "nope"), flag, value), flag, message)
+    assert "no such directory" not in line
+    assert time.monotonic() - start < 30
+
+
+def test_no_terminal_refuses_at_once(tiny_qwen3_gqa_dir):
+    """stdin from /dev/null, stdout to a pipe: one line, exit 2, before any model is loaded."""
+    start = time.monotonic()
+    proc = run_cli("--model", str(tiny_qwen3_gqa_dir), "--device", "cpu", timeout=60)
+    assert_one_line_error(proc, "needs a terminal", "nanovllm-tui bench")
+    assert "loading" not in proc.stdout
+    assert time.monotonic() - start < 30
+
+
+def test_no_terminal_without_model_does_not_prepare_the_demo_model(tmp_path):
+    env = {**os.environ, "NANOVLLM_TUI_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanovllm_tui.app.cli"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert_one_line_error(proc, "needs a terminal")
+    assert not (tmp_path / "cache").exists()
