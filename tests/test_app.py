@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Input, Static
 
 from nanovllm_tui.app.app import NanoVllmApp
 from nanovllm_tui.app.screens.bench import BenchScreen
+from nanovllm_tui.app.screens.help import PALETTE
 from nanovllm_tui.app.session import SessionSettings
 from nanovllm_tui.app.text import inert
 from nanovllm_tui.app.widgets.chat import AnswerView, UserMessage
@@ -254,3 +255,18 @@ def test_terminal_escape_sequences_are_shown_inert(make_app):
 
     run(scenario())
     assert inert("a\x1b[2Jb\x9bc\n\t") == "a␛[2Jb\ufffdc\n\t"
+
+
+def test_command_palette_runs_app_actions(make_app):
+    async def scenario():
+        app = make_app(max_tokens=4)
+        async with app.run_test(size=(160, 50)):
+            for title, _, action in PALETTE:
+                assert callable(getattr(app, f"action_{action.split('(')[0]}", None)), f"{title}: no such action"
+            commands = {c.title: c for c in app.get_system_commands(app.screen)}
+            await commands["Policy: prefill_first"].callback()
+            assert app.policy == "prefill_first"
+            await commands["New chat"].callback()
+            assert len(app.sessions) == 2
+
+    run(scenario())

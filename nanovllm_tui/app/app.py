@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from functools import partial
 from pathlib import PurePath
 from typing import ClassVar
 
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal
 from textual.css.query import NoMatches
 from textual.screen import Screen
@@ -24,7 +24,7 @@ from nanovllm_tui.app.history.chat_history import ChatHistory
 from nanovllm_tui.app.history.controller import HistoryController
 from nanovllm_tui.app.screens.bench import BenchScreen
 from nanovllm_tui.app.screens.dashboard import DashboardScreen
-from nanovllm_tui.app.screens.help import HelpScreen
+from nanovllm_tui.app.screens.help import APP_BINDINGS, PALETTE, HelpScreen
 from nanovllm_tui.app.screens.settings import SettingsScreen
 from nanovllm_tui.app.session import ChatSession, SessionSettings
 from nanovllm_tui.app.stats_window import StatsWindow
@@ -41,24 +41,7 @@ class NanoVllmApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "nanovllm-tui"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]  # noqa: RUF012 (Textual declares it an instance variable)
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "stop", "Stop"),
-        Binding("ctrl+r", "regenerate", "Regenerate"),
-        Binding("ctrl+y", "copy", "Copy", priority=True),  # before the prompt's redo, which also wants ctrl+y
-        Binding("ctrl+n", "new_session", "New chat"),
-        Binding("ctrl+w", "close_session", "Close chat"),
-        Binding("ctrl+tab", "next_session", "Next chat", show=False),
-        Binding("ctrl+shift+tab", "prev_session", "Prev chat", show=False),
-        *[Binding(f"alt+{i}", f"switch_session({i})", f"Chat {i}", show=False) for i in range(1, 10)],
-        Binding("f1", "help", "Help"),
-        Binding("f2", "settings", "Settings"),
-        Binding("f3", "dashboard", "Dashboard"),
-        Binding("f4", "toggle_policy", "Policy"),
-        Binding("f5", "benchmark", "Bench"),
-        Binding("ctrl+o", "sessions", "Chats"),
-        Binding("ctrl+s", "export", "Export"),
-        Binding("f8", "copy_message", "Copy message", show=False),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = APP_BINDINGS
 
     def __init__(
         self,
@@ -306,31 +289,5 @@ class NanoVllmApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        commands: list[tuple[str, str, Callable[[], object]]] = [
-            ("New chat", "Open a new chat session (ctrl+n)", self.action_new_session),
-            ("Close chat", "Close the current chat session (ctrl+w)", self.action_close_session),
-            ("Next chat", "Switch to the next chat (ctrl+tab)", self.action_next_session),
-            ("Previous chat", "Switch to the previous chat (ctrl+shift+tab)", self.action_prev_session),
-            ("Stop answer", "Abort the answer being generated (esc)", self.action_stop),
-            ("Regenerate", "Ask again for the last answer (ctrl+r)", self.action_regenerate),
-            ("Copy answer", "Copy the last answer to the clipboard (ctrl+y)", self.action_copy),
-            ("Copy a message", "Pick a message of this chat and copy it (f8)", self.action_copy_message),
-            ("Saved chats", "Search, open, rename or delete saved chats (ctrl+o)", self.action_sessions),
-            ("Export chat", "Write it as Markdown and OpenAI JSON into the current dir (ctrl+s)", self.action_export),
-            ("Session settings", "System prompt and sampling of this chat (f2)", self.action_settings),
-            ("Dashboard", "Full-screen scheduler dashboard (f3)", self.action_dashboard),
-            (
-                "Policy: mixed",
-                "Schedule running requests first, chunk prefills (vLLM V1)",
-                partial(self.action_set_policy, "mixed"),
-            ),
-            (
-                "Policy: prefill_first",
-                "Schedule waiting prefills before decodes (nano-vllm)",
-                partial(self.action_set_policy, "prefill_first"),
-            ),
-            ("Benchmark", "Run a workload through the engine (f5)", self.action_benchmark),
-            ("Help", "Keys and what the dashboard shows (f1)", self.action_help),
-        ]
-        for title, help_text, callback in commands:
-            yield SystemCommand(title, help_text, callback)
+        for title, help_text, action in PALETTE:
+            yield SystemCommand(title, help_text, partial(self.run_action, action))

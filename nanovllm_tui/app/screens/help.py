@@ -1,4 +1,4 @@
-"""The help screen: what the app shows and every key."""
+"""The app's keys in one place: its bindings, its command-palette entries and the help screen that lists them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,45 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
+
+APP_BINDINGS: list[BindingType] = [
+    Binding("escape", "stop", "Stop"),
+    Binding("ctrl+r", "regenerate", "Regenerate"),
+    Binding("ctrl+y", "copy", "Copy", priority=True),  # before the prompt's redo, which also wants ctrl+y
+    Binding("ctrl+n", "new_session", "New chat"),
+    Binding("ctrl+w", "close_session", "Close chat"),
+    Binding("ctrl+tab", "next_session", "Next chat", show=False),
+    Binding("ctrl+shift+tab", "prev_session", "Prev chat", show=False),
+    *[Binding(f"alt+{i}", f"switch_session({i})", f"Chat {i}", show=False) for i in range(1, 10)],
+    Binding("f1", "help", "Help"),
+    Binding("f2", "settings", "Settings"),
+    Binding("f3", "dashboard", "Dashboard"),
+    Binding("f4", "toggle_policy", "Policy"),
+    Binding("f5", "benchmark", "Bench"),
+    Binding("ctrl+o", "sessions", "Chats"),
+    Binding("ctrl+s", "export", "Export"),
+    Binding("f8", "copy_message", "Copy message", show=False),
+]
+
+# The command palette: (title, help, the app action it runs).
+PALETTE: list[tuple[str, str, str]] = [
+    ("New chat", "Open a new chat session (ctrl+n)", "new_session"),
+    ("Close chat", "Close the current chat session (ctrl+w)", "close_session"),
+    ("Next chat", "Switch to the next chat (ctrl+tab)", "next_session"),
+    ("Previous chat", "Switch to the previous chat (ctrl+shift+tab)", "prev_session"),
+    ("Stop answer", "Abort the answer being generated (esc)", "stop"),
+    ("Regenerate", "Ask again for the last answer (ctrl+r)", "regenerate"),
+    ("Copy answer", "Copy the last answer to the clipboard (ctrl+y)", "copy"),
+    ("Copy a message", "Pick a message of this chat and copy it (f8)", "copy_message"),
+    ("Saved chats", "Search, open, rename or delete saved chats (ctrl+o)", "sessions"),
+    ("Export chat", "Write it as Markdown and OpenAI JSON into the current dir (ctrl+s)", "export"),
+    ("Session settings", "System prompt and sampling of this chat (f2)", "settings"),
+    ("Dashboard", "Full-screen scheduler dashboard (f3)", "dashboard"),
+    ("Policy: mixed", "Schedule running requests first, chunk prefills (vLLM V1)", "set_policy('mixed')"),
+    ("Policy: prefill_first", "Schedule waiting prefills before decodes (nano-vllm)", "set_policy('prefill_first')"),
+    ("Benchmark", "Run a workload through the engine (f5)", "benchmark"),
+    ("Help", "Keys and what the dashboard shows (f1)", "help"),
+]
 
 HELP = """\
 # nanovllm-tui
