@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -16,7 +18,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str | None, device: torch.device, hf_config) -> torch.dtype:
+def resolve_dtype(name: str | None, device: torch.device, hf_config: Any) -> torch.dtype:
     """The named dtype, or by default fp32 on CPU and the config's half dtype (else bf16) on GPU."""
     if name is None:
         if device.type == "cpu":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -17,10 +17,26 @@ class AttentionBackend(Protocol):
 
     Optional capability: `fuses_qkv_prep = True` with a `prepare_qkv(...)` method (see TritonBackend) takes
     the layer's raw qkv and does q/k RMSNorm, rotary and the K/V store in one kernel. Without it (or before
-    the KV cache exists) layers run those ops themselves, then call store_kvcache.
+    the KV cache exists) layers run those ops themselves, then call store_kvcache; such backends inherit
+    UnfusedQKV's prepare_qkv, which is never called.
     """
 
     name: str
+    fuses_qkv_prep: bool
+
+    def prepare_qkv(
+        self,
+        qkv: torch.Tensor,
+        positions: torch.Tensor,
+        cos_cached: torch.Tensor,
+        sin_cached: torch.Tensor,
+        q_weight: torch.Tensor | None,
+        k_weight: torch.Tensor | None,
+        eps: float,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> torch.Tensor: ...
 
     def store_kvcache(
         self,
@@ -36,18 +52,38 @@ class AttentionBackend(Protocol):
     ) -> torch.Tensor: ...
 
 
-class TorchBackend:
-    """Plain torch over the paged cache; runs anywhere, the reference for the others."""
+class UnfusedQKV:
+    """For backends whose layers norm, rotate and store q/k/v themselves (fuses_qkv_prep is False)."""
+
+    fuses_qkv_prep = False
+
+    def prepare_qkv(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not fuse the qkv prep (fuses_qkv_prep is False)")
+
+
+class TorchBackend(UnfusedQKV):
+    """Plain torch over the paged cache; runs anywhere, the reference for the others (the layers' unfused
+    ops are the reference too, so the qkv prep stays unfused)."""
 
     name = "torch"
-    fuses_qkv_prep = False  # the layers' unfused ops are the reference; keep them
 
-    def store_kvcache(self, key, value, k_cache, v_cache, slot_mapping) -> None:
+    def store_kvcache(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
         torch_ref.store_kvcache(key, value, k_cache, v_cache, slot_mapping)
 
-    def forward(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+    ) -> torch.Tensor:
         if meta.is_decode:
             return torch_ref.paged_decode_attention(q, k_cache, v_cache, meta.context_lens, meta.block_tables, scale)
+        if meta.cu_seqlens_q is None:
+            raise ValueError("prefill attention needs cu_seqlens_q in its metadata")
         return torch_ref.paged_prefill_attention(
             q, k_cache, v_cache, meta.cu_seqlens_q, meta.context_lens, meta.block_tables, scale
         )

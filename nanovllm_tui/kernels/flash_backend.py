@@ -7,6 +7,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from nanovllm_tui.kernels.backend import UnfusedQKV
 from nanovllm_tui.kernels.metadata import AttentionMetadata
 
 
@@ -21,7 +22,7 @@ def flash_attn_available() -> bool:
     return True
 
 
-class FlashAttnBackend:
+class FlashAttnBackend(UnfusedQKV):
     """flash-attn's paged kernels; they need block_size to be a multiple of 256."""
 
     name = "flash-attn"

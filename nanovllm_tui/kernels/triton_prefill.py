@@ -236,6 +236,7 @@ def paged_prefill_attention(
         return out
     block_m, block_n, num_warps, num_stages = _config(q, head_dim, block_size)
     search = first_row is not None
+    grid: tuple[int, ...]
     if search:  # any split of num_tokens queries over batch rows fits in this many tiles
         grid = (num_heads, triton.cdiv(num_tokens, block_m) + batch)
     else:

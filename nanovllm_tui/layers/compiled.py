@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +20,7 @@ from nanovllm_tui.layers.layernorm import RMSNorm, add_rms_norm, rms_norm
 from nanovllm_tui.layers.rotary_embedding import RotaryEmbedding, apply_rotary
 
 log = logging.getLogger(__name__)
-_OPTIONS = {"emulate_precision_casts": True}
+_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {"emulate_precision_casts": True}
 
 
 @functools.cache

@@ -29,7 +29,9 @@ class RMSNorm(nn.Module):
         self.norm_fn = rms_norm
         self.add_norm_fn = add_rms_norm
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """norm(x), or with a residual: (norm(x + residual), x + residual)."""
         if residual is None:
             if x.dim() > 2:  # per-head q/k norms: always 2-D, so a compiled norm needs one graph per size

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nanovllm_tui.layers.parallel_state import all_reduce, get_tp_rank, get_tp_size
+
+WeightLoader = Callable[..., None]  # (param, checkpoint tensor[, shard id]) -> None
+
+
+def set_weight_loader(param: nn.Parameter, loader: WeightLoader) -> None:
+    """Attach how a checkpoint tensor loads into `param`: engine/execution/loader.py calls param.weight_loader
+    (nano-vllm's and vLLM's convention: the model stays tensor-parallel agnostic)."""
+    setattr(param, "weight_loader", loader)  # noqa: B010  (torch's Parameter declares no such attribute)
 
 
 def divide(numerator: int, denominator: int) -> int:
@@ -27,14 +37,17 @@ class LinearBase(nn.Module):
         self.tp_rank = get_tp_rank()
         self.tp_size = get_tp_size()
         self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        set_weight_loader(self.weight, self.weight_loader)
         if bias:
             self.bias = nn.Parameter(torch.empty(output_size), requires_grad=False)
-            self.bias.weight_loader = self.weight_loader
+            set_weight_loader(self.bias, self.weight_loader)
         else:
             self.register_parameter("bias", None)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int | str | None = None) -> None:
+        """Load this rank's part of a whole checkpoint tensor (packed layers override: one shard at a time)."""
+        if shard_id is not None:
+            raise ValueError(f"{type(self).__name__} is not a packed layer; got shard {shard_id!r}")
         if self.tp_dim is not None and param.dim() > self.tp_dim and self.tp_size > 1:
             size = param.size(self.tp_dim)
             loaded = loaded.narrow(self.tp_dim, self.tp_rank * size, size)
@@ -73,7 +86,10 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         self.output_sizes = output_sizes
         super().__init__(input_size, sum(output_sizes), bias)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int | str | None = None) -> None:
+        """Load output `shard_id` (0, 1, ...) of the merged layer into its slice."""
+        if not isinstance(shard_id, int) or not 0 <= shard_id < len(self.output_sizes):
+            raise ValueError(f"merged layer shard must be 0..{len(self.output_sizes) - 1}, got {shard_id!r}")
         offset = sum(self.output_sizes[:shard_id]) // self.tp_size
         size = self.output_sizes[shard_id] // self.tp_size
         dst = param.data.narrow(0, offset, size)
@@ -100,7 +116,10 @@ class QKVParallelLinear(ColumnParallelLinear):
         output_size = (self.num_heads + 2 * self.num_kv_heads) * head_size * tp_size
         super().__init__(hidden_size, output_size, bias)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int | str | None = None) -> None:
+        """Load the q, k or v projection (shard_id) into its slice; replicated kv heads take their group's."""
+        if shard_id not in ("q", "k", "v"):
+            raise ValueError(f"qkv shard must be 'q', 'k' or 'v', got {shard_id!r}")
         q_size = self.num_heads * self.head_size
         kv_size = self.num_kv_heads * self.head_size
         if shard_id == "q":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 
 
@@ -13,7 +14,7 @@ def get_tp_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def all_reduce(x):
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum a tensor across tensor-parallel ranks (no-op with one rank)."""
     if get_tp_size() > 1:
         dist.all_reduce(x)

@@ -11,7 +11,8 @@ from torch import nn
 
 def _inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None) -> torch.Tensor:
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    scaling = scaling or {}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type in (None, "default"):
         return inv_freq
     if rope_type == "llama3":
@@ -29,6 +30,11 @@ def _inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None) -> tor
 
 
 class RotaryEmbedding(nn.Module):
+    """cos/sin tables for every position up to max_position (fp32 buffers); rotates q and k at given positions."""
+
+    cos_cached: torch.Tensor
+    sin_cached: torch.Tensor
+
     def __init__(self, head_dim: int, max_position: int, base: float, scaling: dict[str, Any] | None = None):
         super().__init__()
         inv_freq = _inv_freq(head_dim, base, scaling)
@@ -38,7 +44,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin_cached", emb.sin(), persistent=False)
         self.fn = apply_rotary  # swapped for a torch.compile'd one on CUDA (layers.compiled)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q [N, Hq, D], k [N, Hkv, D] rotated at positions [N]."""
         return self.fn(positions, q, k, self.cos_cached, self.sin_cached)
 

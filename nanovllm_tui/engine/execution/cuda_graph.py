@@ -38,7 +38,7 @@ def batch_buckets(max_num_seqs: int) -> list[int]:
     while b < max_num_seqs:
         sizes.append(b)
         b *= 2
-    return sizes + [max_num_seqs]
+    return [*sizes, max_num_seqs]
 
 
 def token_buckets(max_num_batched_tokens: int) -> list[int]:

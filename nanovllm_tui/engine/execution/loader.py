@@ -30,7 +30,7 @@ class ModelLoadError(ValueError):
     """The model directory can't be used; the message names the problem and the fix."""
 
 
-def load_hf_config(model_dir: str):
+def load_hf_config(model_dir: str) -> Any:
     """Read config.json with transformers' AutoConfig, with clear errors for missing or broken files."""
     path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(path):
@@ -131,7 +131,7 @@ def _load_tensor(f: Any, path: str, name: str, param: nn.Parameter, shard: objec
 class LazySlice:
     """A checkpoint tensor not read yet: narrow() or indexing reads just that part from the safetensors file."""
 
-    def __init__(self, view) -> None:
+    def __init__(self, view: Any) -> None:
         self._view = view
         self.shape = torch.Size(view.get_shape())
 

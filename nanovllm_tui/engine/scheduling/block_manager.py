@@ -7,6 +7,7 @@ reusable until evicted, least recently freed first).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 
 import numpy as np
 import xxhash
@@ -177,7 +178,7 @@ class BlockManager:
             block.hash = -1
         self.hash_to_block.clear()
 
-    def check_invariants(self, live: list[Sequence] = ()) -> None:
+    def check_invariants(self, live: Iterable[Sequence] = ()) -> None:
         """Raise AssertionError if the pool is inconsistent (tests and fuzzing call this)."""
         refs = [0] * self.num_blocks
         for seq in live:

@@ -11,10 +11,12 @@ measures both data paths.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import struct
 from dataclasses import fields, is_dataclass
 from multiprocessing import shared_memory
+from multiprocessing.context import BaseContext
 from typing import Any
 
 import numpy as np
@@ -49,7 +51,7 @@ def _flatten(obj: Any, tensors: list[torch.Tensor], offset: list[int]) -> tuple:
 
 def _unflatten(spec: tuple, data: torch.Tensor) -> Any:
     cls, items = spec
-    kwargs = {f.name: None for f in fields(cls) if f.name in SAMPLING_ONLY}
+    kwargs: dict[str, Any] = {f.name: None for f in fields(cls) if f.name in SAMPLING_ONLY}
     for name, kind, info in items:
         if kind == "t":
             dtype, shape, off = info
@@ -73,10 +75,22 @@ class StepChannel:
         self._data_at = HEADER_BYTES + 8 * world_size
         # numpy, not torch, copies in and out: a plain memcpy, where torch's multi-threaded copy of a few
         # hundred KB took milliseconds on a busy 2-core machine (benchmarks/tp_step_bench.py).
-        self._data = np.frombuffer(shm.buf, dtype=np.uint8)  # one view, dropped before close
+        self._data: np.ndarray | None = np.frombuffer(self._buf, dtype=np.uint8)  # one view, dropped before close
+
+    @property
+    def _buf(self) -> memoryview:
+        buf = self.shm.buf
+        if buf is None:
+            raise RuntimeError("the step channel is closed")
+        return buf
+
+    def _data_view(self) -> np.ndarray:
+        if self._data is None:
+            raise RuntimeError("the step channel is closed")
+        return self._data
 
     @classmethod
-    def create(cls, world_size: int, data_bytes: int, data_via: str, ctx) -> StepChannel:
+    def create(cls, world_size: int, data_bytes: int, data_via: str, ctx: BaseContext) -> StepChannel:
         """Rank 0: a fresh uniquely named block (no fixed name, so engines coexist) and one semaphore per worker."""
         if data_via not in ("shm", "broadcast"):
             raise ValueError(f"data_via={data_via!r}; use 'shm' or 'broadcast'")
@@ -97,8 +111,8 @@ class StepChannel:
     def _write_header(self, header: bytes) -> None:
         if len(header) + 8 > HEADER_BYTES:
             raise RuntimeError(f"step header of {len(header)} bytes exceeds the channel's {HEADER_BYTES}")
-        self.shm.buf[8 : 8 + len(header)] = header
-        struct.pack_into("<Q", self.shm.buf, 0, len(header))
+        self._buf[8 : 8 + len(header)] = header
+        struct.pack_into("<Q", self._buf, 0, len(header))
 
     def send(self, inputs: Any) -> None:
         """Publish one step's inputs to every worker (rank 0 then runs the same forward)."""
@@ -112,9 +126,9 @@ class StepChannel:
                     f"step inputs of {nbytes} bytes exceed the channel's "
                     f"{self.shm.size - self._data_at}; raise the channel size"
                 )
-            at = self._data_at
+            at, data = self._data_at, self._data_view()
             for flat in tensors:
-                self._data[at : at + flat.numel()] = flat.cpu().numpy()
+                data[at : at + flat.numel()] = flat.cpu().numpy()
                 at += -(-flat.numel() // ALIGN) * ALIGN
         self._write_header(pickle.dumps(("step", spec, nbytes), protocol=pickle.HIGHEST_PROTOCOL))
         for sem in self.sems:
@@ -135,36 +149,32 @@ class StepChannel:
 
     def memory_bytes(self) -> list[int]:
         """Per-rank memory each worker last reported (rank 0's own slot is unused)."""
-        return list(struct.unpack_from(f"<{self.world_size}q", self.shm.buf, self._memory_at))
+        return list(struct.unpack_from(f"<{self.world_size}q", self._buf, self._memory_at))
 
     # -- workers ---------------------------------------------------------------------------------
     def recv(self, rank: int, device: torch.device, timeout: float) -> Any:
         """The next step's inputs on `device`, EXIT, or None if nothing arrived within timeout seconds."""
         if not self.sems[rank - 1].acquire(timeout=timeout):
             return None
-        (length,) = struct.unpack_from("<Q", self.shm.buf, 0)
-        cmd, spec, nbytes = pickle.loads(self.shm.buf[8 : 8 + length])
+        (length,) = struct.unpack_from("<Q", self._buf, 0)
+        cmd, spec, nbytes = pickle.loads(self._buf[8 : 8 + length])
         if cmd == EXIT:
             return EXIT
         if self.data_via == "shm":
-            data = torch.from_numpy(self._data[self._data_at : self._data_at + nbytes].copy()).to(device)
+            data = torch.from_numpy(self._data_view()[self._data_at : self._data_at + nbytes].copy()).to(device)
         else:
             data = torch.empty(nbytes, dtype=torch.uint8, device=device)
             dist.broadcast(data, src=0)
         return _unflatten(spec, data)
 
     def report_memory(self, rank: int, nbytes: int) -> None:
-        struct.pack_into("<q", self.shm.buf, self._memory_at + 8 * rank, nbytes)
+        struct.pack_into("<q", self._buf, self._memory_at + 8 * rank, nbytes)
 
     def close(self) -> None:
         """Drop the tensor view, close the block, and (rank 0) unlink its name."""
         self._data = None
-        try:
+        with contextlib.suppress(BufferError):  # a view is still alive somewhere; the OS frees the block at exit
             self.shm.close()
-        except BufferError:  # a view is still alive somewhere; the OS frees the block at exit
-            pass
         if self.owner:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.shm.unlink()
-            except FileNotFoundError:
-                pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing.connection as mpc
 import os
 import signal
@@ -37,10 +38,9 @@ def _destroy_group(procs: list) -> None:
     """destroy_process_group on a helper thread; abort the group if it has not finished in time."""
 
     def destroy() -> None:
-        try:
+        # A broken group (dead peer) may refuse a clean teardown; it is gone either way.
+        with contextlib.suppress(Exception):
             dist.destroy_process_group()
-        except Exception:  # a broken group (dead peer) may refuse a clean teardown; it is gone either way
-            pass
 
     t = threading.Thread(target=destroy, name="tp-destroy", daemon=True)
     t.start()
@@ -51,10 +51,8 @@ def _destroy_group(procs: list) -> None:
                 p.kill()
         abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
         if abort is not None:
-            try:
+            with contextlib.suppress(Exception):
                 abort()
-            except Exception:
-                pass
         t.join(DESTROY_TIMEOUT_S)
 
 
@@ -83,10 +81,8 @@ class WorkerGroup:
         if self.backend == "nccl":
             abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
             if abort is not None:
-                try:
+                with contextlib.suppress(Exception):  # best effort: the step will still fail on the collective timeout
                     abort()
-                except Exception:  # best effort: the step will still fail on the collective timeout
-                    pass
 
     def death_reason(self, wait_s: float = 0.0) -> str | None:
         """'worker rank R died (how): its last error' for the first dead worker, waiting up to wait_s for one."""
@@ -148,15 +144,11 @@ class WorkerGroup:
         self.closed = True
         os.write(self._wake_w, b"x")
         if any(p.is_alive() for p in self.procs):
-            try:
+            with contextlib.suppress(Exception):
                 self.channel.send_exit()
-            except Exception:
-                pass
         if self.release is not None:
-            try:
+            with contextlib.suppress(Exception):  # a broken device: the teardown below still has to run
                 self.release()
-            except Exception:  # a broken device: the teardown below still has to run
-                pass
         if self.pg_ours and dist.is_initialized():
             _destroy_group(self.procs)
         deadline = time.monotonic() + JOIN_TIMEOUT_S
