@@ -211,6 +211,16 @@ def _config(q: torch.Tensor, head_dim: int, block_size: int) -> tuple[int, int, 
     return 64, 32, 4, 2
 
 
+def _grid(
+    num_heads: int, num_tokens: int, batch: int, max_seqlen_q: int, block_m: int, search: bool
+) -> tuple[int, ...]:
+    """(heads, sequences, query tiles); with TILE_SEARCH (heads, tiles), as many tiles as any split of num_tokens
+    queries over batch rows can need."""
+    if search:
+        return (num_heads, triton.cdiv(num_tokens, block_m) + batch)
+    return (num_heads, batch, triton.cdiv(max_seqlen_q, block_m))
+
+
 def paged_prefill_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -236,11 +246,7 @@ def paged_prefill_attention(
         return out
     block_m, block_n, num_warps, num_stages = _config(q, head_dim, block_size)
     search = first_row is not None
-    grid: tuple[int, ...]
-    if search:  # any split of num_tokens queries over batch rows fits in this many tiles
-        grid = (num_heads, triton.cdiv(num_tokens, block_m) + batch)
-    else:
-        grid = (num_heads, batch, triton.cdiv(max_seqlen_q, block_m))
+    grid = _grid(num_heads, num_tokens, batch, max_seqlen_q, block_m, search)
     _prefill_kernel[grid](
         q,
         k_cache,
