@@ -19,10 +19,13 @@ def sync(device: str) -> None:
 
 
 def instrument(engine: LLMEngine, device: str) -> dict[str, list[float]]:
-    """Time the runner's phases by wrapping its bound methods on this instance only (no production code changes)."""
+    """Time the runner's phases by wrapping its bound methods on this instance only (no production code changes).
+
+    A decode step that samples inside its sampling graph calls neither execute nor sample_device: its GPU wait
+    is then timed in collect (the wait for the step's tokens). uninstrument() removes the wrappers."""
     runner = engine.model_runner
     times: dict[str, list[float]] = {"prepare": [], "execute": [], "wait": [], "sample": []}
-    prepare, execute, sample = runner.prepare, runner.execute, runner.sample_device
+    prepare, execute, sample, collect = runner.prepare, runner.execute, runner.sample_device, runner.collect
 
     def timed_prepare(items, ahead=False):
         t = time.perf_counter()
@@ -46,8 +49,21 @@ def instrument(engine: LLMEngine, device: str) -> dict[str, list[float]]:
         times["sample"].append(time.perf_counter() - t1)
         return out
 
+    def timed_collect(pending):
+        t = time.perf_counter()
+        if pending.ready is not None:
+            pending.ready.synchronize()  # ~0 when timed_sample already waited
+        times["wait"].append(time.perf_counter() - t)
+        return collect(pending)
+
     runner.prepare, runner.execute, runner.sample_device = timed_prepare, timed_execute, timed_sample
+    runner.collect = timed_collect
     return times
+
+
+def uninstrument(engine: LLMEngine) -> None:
+    runner = engine.model_runner
+    del runner.prepare, runner.execute, runner.sample_device, runner.collect
 
 
 PHASES = (

@@ -88,23 +88,6 @@ def _engine_doc(info: EngineInfo, init_seconds: float, mixed_prefill_tokens: int
     }
 
 
-def _offline_engine_doc(llm: Any, device: Any, init_seconds: float) -> dict[str, Any]:
-    """The same "engine" record for an LLM driven directly (offline): from its config and stats."""
-    from nanovllm_tui.kernels.backend import get_backend
-
-    cfg, stats = llm.config, llm.stats()
-    return {
-        "init_seconds": init_seconds,
-        "num_kvcache_blocks": stats.num_blocks_total,
-        "block_size": stats.block_size,
-        "max_model_len": cfg.max_model_len,
-        "max_num_batched_tokens": cfg.max_num_batched_tokens,
-        "mixed_prefill_tokens": cfg.mixed_prefill_tokens,
-        # The engine resolved "auto" the same way (the name, device and block size decide it).
-        "attention_backend": get_backend(cfg.attention_backend, device, stats.block_size).name,
-    }
-
-
 def _run_online(ns: argparse.Namespace, model_dir: str, workload: list[BenchRequest], doc: dict[str, Any]) -> None:
     """The workload through the streaming service, once per --policy on the same engine."""
     from nanovllm_tui.bench.online import run_online
@@ -157,17 +140,19 @@ def _set_torch_threads(ns: argparse.Namespace) -> None:
 
 
 def _run_offline(
-    ns: argparse.Namespace, model_dir: str, workload: list[BenchRequest], device: Any, doc: dict[str, Any]
+    ns: argparse.Namespace, model_dir: str, workload: list[BenchRequest], doc: dict[str, Any]
 ) -> tuple[OfflineResult, int]:
     """Our engine stepped to completion over the whole workload; also returns its KV cache size in tokens."""
     from nanovllm_tui.bench.compare_hf import free_memory
     from nanovllm_tui.bench.offline import run_offline
     from nanovllm_tui.engine import LLM
+    from nanovllm_tui.engine.serving.service_setup import engine_info_of
 
     trace = report.TraceWriter(ns.trace) if ns.trace else None
     t0 = time.perf_counter()
     llm = LLM(model_dir, **bench_args.engine_kwargs(ns))
-    doc["engine"] = _offline_engine_doc(llm, device, time.perf_counter() - t0)
+    info = engine_info_of(llm)
+    doc["engine"] = _engine_doc(info, time.perf_counter() - t0, llm.config.mixed_prefill_tokens)
     try:
         ours = run_offline(
             llm, workload, ns.temperature, warmup=not ns.no_warmup, progress=not ns.no_progress, on_step=trace
@@ -178,7 +163,7 @@ def _run_offline(
         llm.shutdown()
         del llm
         free_memory()
-    return ours, doc["engine"]["num_kvcache_blocks"] * doc["engine"]["block_size"]
+    return ours, info.num_blocks * info.block_size
 
 
 def _compare(
@@ -241,7 +226,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         return doc
     rates = None if ns.no_floor else measure_rates(device, dtype, ns.tensor_parallel_size, ns.bandwidth, ns.peak_tflops)
     free_memory()
-    ours, kv_tokens = _run_offline(ns, model_dir, workload, device, doc)
+    ours, kv_tokens = _run_offline(ns, model_dir, workload, doc)
     results = [ours, *_compare(ns, model_dir, workload, device, dtype, kv_tokens)]
     doc["offline"] = {r.engine: r.as_dict() for r in results}
     doc["ratios"] = {
