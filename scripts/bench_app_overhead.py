@@ -20,6 +20,7 @@ import dataclasses
 import pathlib
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -34,7 +35,7 @@ from nanovllm_tui.engine.serving.process_service import ProcessEngineService
 from nanovllm_tui.engine.serving.protocol import EngineInfo
 from nanovllm_tui.engine.serving.thread_service import EngineService
 
-ENGINE_OPTIONS = dict(kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=1024)
+ENGINE_OPTIONS: dict[str, Any] = dict(kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=1024)
 
 
 def headless(service, spec: WorkloadSpec) -> float:
@@ -52,6 +53,8 @@ def with_app(service, info: EngineInfo, spec: WorkloadSpec) -> float:
             await pilot.pause(0.2)
             app.start_benchmark(spec)
             run = app.bench_run
+            if run is None:
+                raise RuntimeError("the benchmark did not start")
             while run.end_time is None:
                 await pilot.pause(0.1)
             return run.result().throughput

@@ -18,8 +18,12 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from textual.widgets import Input, TextArea
+
 from nanovllm_tui.app.app import NanoVllmApp
 from nanovllm_tui.app.session import SessionSettings
+from nanovllm_tui.app.widgets.chat import ChatPane
+from nanovllm_tui.bench.driver import BenchRun
 from nanovllm_tui.engine import LLM
 from nanovllm_tui.engine.demo_model import ensure_demo_model
 from nanovllm_tui.engine.serving.thread_service import EngineService
@@ -42,7 +46,8 @@ async def wait_until(pilot, cond, timeout: float = 300.0) -> None:
 
 def save(app: NanoVllmApp, out: pathlib.Path, name: str) -> None:
     for widget in app.screen.query("TextArea, Input"):
-        widget.cursor_blink = False
+        if isinstance(widget, (TextArea, Input)):
+            widget.cursor_blink = False
     path = out / f"{name}.svg"
     app.save_screenshot(filename=path.name, path=str(out))
     try:
@@ -52,6 +57,19 @@ def save(app: NanoVllmApp, out: pathlib.Path, name: str) -> None:
         return
     cairosvg.svg2png(url=str(path), write_to=str(out / f"{name}.png"))
     print(f"wrote {path} and {name}.png")
+
+
+def pane(app: NanoVllmApp, number: int) -> ChatPane:
+    found = app.pane_of(number)
+    if found is None:
+        raise RuntimeError(f"session {number} has no chat pane")
+    return found
+
+
+def bench_run(app: NanoVllmApp) -> BenchRun:
+    if app.bench_run is None:
+        raise RuntimeError("the benchmark did not start")
+    return app.bench_run
 
 
 async def main(model: str, out: pathlib.Path) -> None:
@@ -69,14 +87,14 @@ async def main(model: str, out: pathlib.Path) -> None:
         for i, prompt in enumerate(PROMPTS, start=1):
             if i > 1:
                 await pilot.press("ctrl+n")
-            await wait_until(pilot, lambda i=i: app.pane_of(i) is not None and app.focused is app.pane_of(i).prompt)
+            await wait_until(pilot, lambda i=i: app.pane_of(i) is not None and app.focused is pane(app, i).prompt)
             await pilot.press(*prompt)
         for i in (1, 2, 3):  # send all three at once, as quick Enters in three tabs would
-            app.pane_of(i).prompt.action_send()
+            pane(app, i).prompt.action_send()
         await pilot.press("alt+2")
 
         def streaming() -> bool:
-            answers = [app.pane_of(i).answer for i in (1, 2, 3)]
+            answers = [pane(app, i).answer for i in (1, 2, 3)]
             return all(a is not None and len(a.text) > 30 for a in answers) or any(a and a.done for a in answers)
 
         await wait_until(pilot, streaming)
@@ -88,11 +106,11 @@ async def main(model: str, out: pathlib.Path) -> None:
         await pilot.press("f5")
         await pilot.pause(0.3)
         screen = app.screen
-        screen.query_one("#bench-requests").value = "32"
-        screen.query_one("#bench-prompt").value = "32-192"
-        screen.query_one("#bench-output").value = "16-96"
+        screen.query_one("#bench-requests", Input).value = "32"
+        screen.query_one("#bench-prompt", Input).value = "32-192"
+        screen.query_one("#bench-output", Input).value = "16-96"
         await pilot.press("ctrl+s")
-        run = app.bench_run
+        run = bench_run(app)
         await wait_until(pilot, lambda: run.num_finished >= run.total // 3)
         await pilot.pause(0.3)
         save(app, out, "benchmark")
