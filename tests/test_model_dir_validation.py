@@ -1,12 +1,12 @@
-"""Broken model directories through `python -m nanovllm_tui.cli --model DIR`: truncated safetensors,
-wrong dtypes, mismatched shapes, a missing or broken tokenizer. Each ends before any UI with one
-stderr line naming the problem, exit status 2 and no traceback."""
+"""Broken model directories through `python -m nanovllm_tui.app.cli --model DIR` on a pseudo-terminal: truncated
+safetensors, wrong dtypes, mismatched shapes, a missing or broken tokenizer. Each ends before any UI with one
+stderr line naming the problem, exit status 2 and no traceback. (The API's messages: test_reliability_model_dir.py.)"""
 
 from __future__ import annotations
 
 import pytest
 from safetensors.torch import load_file, save_file
-from test_cli import assert_one_line_error, copy_model, run_cli
+from test_cli import assert_one_line_error, copy_model, run_cli, run_cli_on_terminal
 
 WEIGHTS = "model.safetensors"
 
@@ -22,7 +22,7 @@ def test_truncated_safetensors(tmp_path, tiny_qwen3_gqa_dir, keep):
     model = copy_model(tiny_qwen3_gqa_dir, tmp_path / "m")
     data = (model / WEIGHTS).read_bytes()
     (model / WEIGHTS).write_bytes(data[: max(8, int(len(data) * keep))])
-    assert_one_line_error(run_cli("--model", str(model), "--device", "cpu"), "truncated", WEIGHTS)
+    assert_one_line_error(run_cli_on_terminal("--model", str(model), "--device", "cpu"), "truncated", WEIGHTS)
 
 
 def test_integer_weights_are_rejected_not_cast(tmp_path, tiny_qwen3_gqa_dir):
@@ -33,7 +33,7 @@ def test_integer_weights_are_rejected_not_cast(tmp_path, tiny_qwen3_gqa_dir):
         tensors[name] = tensors[name].to(__import__("torch").int32)
 
     _rewrite(model, to_int)
-    assert_one_line_error(run_cli("--model", str(model), "--device", "cpu"), "q_proj.weight", "int32")
+    assert_one_line_error(run_cli_on_terminal("--model", str(model), "--device", "cpu"), "q_proj.weight", "int32")
 
 
 def test_unsupported_dtype_flag(tiny_qwen3_gqa_dir):
@@ -59,16 +59,16 @@ def test_mismatched_tensor_shape(tmp_path, tiny_qwen3_gqa_dir, target):
         tensors[name] = tensors[name][:-1].contiguous()
 
     _rewrite(model, shrink)
-    line = assert_one_line_error(run_cli("--model", str(model), "--device", "cpu"), target.split(".")[0])
+    line = assert_one_line_error(run_cli_on_terminal("--model", str(model), "--device", "cpu"), target.split(".")[0])
     assert "shape" in line
 
 
 def test_missing_tokenizer(tmp_path, tiny_qwen3_gqa_dir):
     model = copy_model(tiny_qwen3_gqa_dir, tmp_path / "m", skip=("tokenizer", "special_tokens", "vocab", "merges"))
-    assert_one_line_error(run_cli("--model", str(model), "--device", "cpu"), "tokenizer")
+    assert_one_line_error(run_cli_on_terminal("--model", str(model), "--device", "cpu"), "tokenizer")
 
 
 def test_corrupt_tokenizer_json(tmp_path, tiny_qwen3_gqa_dir):
     model = copy_model(tiny_qwen3_gqa_dir, tmp_path / "m")
     (model / "tokenizer.json").write_text('{"version": "1.0", "model": ')
-    assert_one_line_error(run_cli("--model", str(model), "--device", "cpu"), "tokenizer")
+    assert_one_line_error(run_cli_on_terminal("--model", str(model), "--device", "cpu"), "tokenizer")

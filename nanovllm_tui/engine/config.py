@@ -6,10 +6,52 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from nanovllm_tui.engine.model_dir import check_model_dir
+
 POLICIES = ("mixed", "prefill_first")
 # mixed_prefill_tokens of the streaming service, the app and `bench online`, where inter-token latency matters;
 # the engine's own default (LLM.generate, offline) is no cap, where only throughput does. See RESULTS.md.
 SERVING_MIXED_PREFILL_TOKENS = 384
+
+
+# Option types, checked before any value is used (a bool is not a number here; None where the field allows it).
+INT_OPTIONS = (
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "max_model_len",
+    "kvcache_block_size",
+    "tensor_parallel_size",
+    "mixed_prefill_tokens",
+)
+OPTIONAL_INT_OPTIONS = ("num_kvcache_blocks", "kv_cache_memory")
+BOOL_OPTIONS = ("enable_prefix_caching", "enforce_eager", "compile_small_ops")
+STR_OPTIONS = ("device", "scheduling_policy", "attention_backend")
+
+
+def _check_option_types(config: Config) -> None:
+    """TypeError naming the option, for a value of the wrong type (before comparisons would raise their own)."""
+
+    def wrong(name: str, allowed: str) -> TypeError:
+        value = getattr(config, name)
+        return TypeError(f"{name}={value!r} must be {allowed}, got {type(value).__name__}")
+
+    for name in INT_OPTIONS + OPTIONAL_INT_OPTIONS:
+        value = getattr(config, name)
+        if (value is not None or name in INT_OPTIONS) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise wrong(name, "an integer" if name in INT_OPTIONS else "an integer or None")
+    for name in BOOL_OPTIONS:
+        if not isinstance(getattr(config, name), bool):
+            raise wrong(name, "True or False")
+    if config.async_scheduling is not None and not isinstance(config.async_scheduling, bool):
+        raise wrong("async_scheduling", "True, False or None")
+    for name in STR_OPTIONS:
+        if not isinstance(getattr(config, name), str):
+            raise wrong(name, "a string")
+    if config.dtype is not None and not isinstance(config.dtype, str):
+        raise wrong("dtype", "a string (float32, bfloat16, float16) or None")
+    util = config.gpu_memory_utilization
+    if isinstance(util, bool) or not isinstance(util, (int, float)):
+        raise wrong("gpu_memory_utilization", "a number in (0, 1]")
 
 
 def with_serving_defaults(engine_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -48,11 +90,10 @@ class Config:
     eos_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if not os.path.isdir(self.model):
-            raise ValueError(
-                f"model directory {self.model!r} does not exist; pass --model DIR with a "
-                "Hugging Face model (config.json + *.safetensors)"
-            )
+        if not isinstance(self.model, str):
+            raise TypeError(f"model must be a path to a model directory (str), got {type(self.model).__name__}")
+        self.model = check_model_dir(self.model)  # ~ expanded; missing, unreadable or non-regular files named
+        _check_option_types(self)
         bs = self.kvcache_block_size
         if bs < 16 or bs & (bs - 1):
             raise ValueError(f"kvcache_block_size={bs} must be a power of two >= 16 (e.g. 16, 256)")
@@ -63,8 +104,9 @@ class Config:
             raise ValueError(f"mixed_prefill_tokens={self.mixed_prefill_tokens} must be >= 0 (0 = no cap)")
         if self.scheduling_policy not in POLICIES:
             raise ValueError(f"scheduling_policy={self.scheduling_policy!r}; choose one of {', '.join(POLICIES)}")
-        if self.num_kvcache_blocks is not None and self.num_kvcache_blocks < 1:
-            raise ValueError(f"num_kvcache_blocks={self.num_kvcache_blocks} must be >= 1")
+        for name in OPTIONAL_INT_OPTIONS:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1 (or None)")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
 
@@ -77,4 +119,6 @@ class Config:
             raise TypeError(
                 f"unknown engine option(s): {', '.join(unknown)}; valid: {', '.join(sorted(names - {'hf_config', 'eos_token_ids', 'model'}))}"
             )
-        return cls(model=str(model), **kwargs)
+        if not isinstance(model, (str, os.PathLike)):
+            raise TypeError(f"model must be a path to a model directory, got {type(model).__name__}")
+        return cls(model=os.fspath(model), **kwargs)

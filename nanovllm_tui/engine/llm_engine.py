@@ -7,12 +7,14 @@ streaming or UIs; engine/serving wraps it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from nanovllm_tui.engine.config import Config
 from nanovllm_tui.engine.engine_core import EngineCore
 from nanovllm_tui.engine.execution.loader import load_hf_config
 from nanovllm_tui.engine.execution.model_runner import ModelRunner
+from nanovllm_tui.engine.model_dir import check_hf_config
 from nanovllm_tui.engine.request_check import (
     check_params_for_model,
     check_request,
@@ -30,6 +32,7 @@ class LLMEngine(EngineCore):
     def __init__(self, model: str, **kwargs: Any) -> None:
         config = Config.from_kwargs(model, **kwargs)
         config.hf_config = load_hf_config(config.model)
+        check_hf_config(config.hf_config, os.path.join(config.model, "config.json"))
         max_pos = getattr(config.hf_config, "max_position_embeddings", None)
         if max_pos:
             config.max_model_len = min(config.max_model_len, max_pos)

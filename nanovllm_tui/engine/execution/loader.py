@@ -29,6 +29,9 @@ SAFETENSORS_DTYPES = {
 class ModelLoadError(ValueError):
     """The model directory can't be used; the message names the problem and the fix."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))  # one line: messages quote exceptions that span several
+
 
 def load_hf_config(model_dir: str) -> Any:
     """Read config.json with transformers' AutoConfig, with clear errors for missing or broken files."""

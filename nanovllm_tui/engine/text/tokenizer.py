@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 
+# Files a tokenizer is built from; without any, transformers may build an empty one that tokenizes nothing.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+
 
 def load_tokenizer(model_dir: str):
     """The model dir's tokenizer; ModelLoadError (one line) if it has none that loads."""
@@ -12,13 +15,23 @@ def load_tokenizer(model_dir: str):
 
     from nanovllm_tui.engine.execution.loader import ModelLoadError
 
+    if not any(os.path.isfile(os.path.join(model_dir, name)) for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"model directory {model_dir!r} has no tokenizer ({', '.join(TOKENIZER_FILES)}); "
+            "copy the model's tokenizer files into it"
+        )
     try:
-        return AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load a tokenizer from {model_dir!r} ({type(exc).__name__}: {exc}); "
             "the model directory needs tokenizer.json or tokenizer files"
         ) from exc
+    if len(tokenizer) < 2:
+        raise ModelLoadError(
+            f"the tokenizer in {model_dir!r} has an empty vocabulary; copy the model's tokenizer files into it"
+        )
+    return tokenizer
 
 
 def eos_token_ids(model_dir: str, hf_config, tokenizer) -> tuple[int, ...]:
