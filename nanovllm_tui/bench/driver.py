@@ -1,5 +1,6 @@
-"""LoadDriver: the one online load generator. It submits a workload to a Service at its arrival times from a
-small thread (optionally at most N in flight) and tracks the handles; nothing here blocks the engine.
+"""LoadDriver: the one online load generator over a Service. Its ArrivalDriver base (bench/arrivals.py) submits
+the workload at its arrival times from a small thread (optionally at most N in flight); this class submits each
+request to the service and tracks the handles; nothing here blocks the engine.
 
 `nanovllm-tui bench online` waits on it (bench/online.py), the app's benchmark screen polls it from its UI
 timer (BenchRun below), and benchmarks/streaming_bench.py attaches reader threads to its handles.
@@ -9,12 +10,11 @@ change them.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nanovllm_tui.bench.arrivals import ArrivalDriver
 from nanovllm_tui.bench.results import percentile
 from nanovllm_tui.bench.workload import BenchRequest, make_offline_workload, poisson_arrivals
 from nanovllm_tui.engine.sampling_params import SamplingParams
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from nanovllm_tui.engine.stats import EngineStats, StepStats
 
 
-class LoadDriver:
+class LoadDriver(ArrivalDriver["RequestHandle"]):
     """One run of a workload through a live service (other requests may share the batch with it)."""
 
     def __init__(
@@ -45,152 +45,51 @@ class LoadDriver:
         consume_outputs=False leaves the handles' outputs to the caller's readers (on_submit sees each handle)."""
         if len(arrivals) != len(requests):
             raise ValueError(f"{len(arrivals)} arrival times for {len(requests)} requests")
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError(f"max_concurrency={max_concurrency} must be >= 1 (or None for no limit)")
+        super().__init__(
+            self._submit_request,
+            arrivals,
+            max_concurrency=max_concurrency,
+            run_id=run_id,
+            batch=service.batch,
+            on_submit=on_submit,
+        )
         self.service = service
         self.requests = list(requests)
-        self.arrivals = list(arrivals)
         self.temperature = temperature
-        self.max_concurrency = max_concurrency
-        self.run_id = run_id
         self.record_steps = record_steps
         self.consume_outputs = consume_outputs
-        self.on_submit = on_submit
-        self.handles: list[RequestHandle] = []
         self.steps: list[StepStats] = []
-        self.start_time: float | None = None
-        self.end_time: float | None = None  # set by poll() once every request finished
-        self.submit_error: str | None = None
         self.stats_before: EngineStats | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._slot_freed = threading.Event()
-        self._thread: threading.Thread | None = None
         self._unsubscribe: Callable[[], None] | None = None
-
-    @property
-    def total(self) -> int:
-        return len(self.requests)
 
     def start(self) -> None:
         """Begin submitting (returns at once)."""
         self.stats_before = self.service.stats()
         self._unsubscribe = self.service.subscribe(self._on_step)
-        self.start_time = start = time.monotonic()
-        self._thread = threading.Thread(
-            target=self._submit_all, args=(start,), name=f"{self.run_id}-submit", daemon=True
-        )
-        self._thread.start()
+        super().start()
 
     def _on_step(self, step: StepStats) -> None:  # a service thread: must not block
         if self.record_steps:
             self.steps.append(step)
         if step.finished_request_ids:
-            self._slot_freed.set()
+            self.notify_finished()
 
-    def _in_flight(self) -> int:
-        with self._lock:
-            return sum(not h.done for h in self.handles)
-
-    def _wait_for_slot(self) -> bool:
-        """Block while max_concurrency requests are in flight; False if stopped meanwhile."""
-        while self.max_concurrency and self._in_flight() >= self.max_concurrency:
-            # Bounded wait: a step may finish a request just before its handle reports done.
-            self._slot_freed.wait(0.05)
-            self._slot_freed.clear()
-            if self._stop.is_set():
-                return False
-        return True
-
-    def _submit_all(self, start: float) -> None:
-        n, i = self.total, 0
-        while i < n:
-            if self._stop.wait(max(0.0, start + self.arrivals[i] - time.monotonic())) or not self._wait_for_slot():
-                return
-            # Every request whose time has come (and that fits under max_concurrency) reaches the engine in
-            # one batch, so "all at once" starts them in one step, as LLM.generate would.
-            now, j = time.monotonic(), i + 1
-            room = self.max_concurrency - self._in_flight() if self.max_concurrency else n
-            while j < n and j - i < room and start + self.arrivals[j] <= now:
-                j += 1
-            with self.service.batch():
-                if not all(self._submit(k) for k in range(i, j)):
-                    return
-            i = j
-
-    def _submit(self, i: int) -> bool:
-        """Submit request i; False (and submit_error set) if the service refuses it."""
+    def _submit_request(self, i: int) -> RequestHandle:
         req = self.requests[i]
         sp = SamplingParams(temperature=self.temperature, max_tokens=req.max_tokens, ignore_eos=True)
-        try:
-            handle = self.service.submit(list(req.prompt_token_ids), sp, request_id=f"{self.run_id}-{i}")
-        except (ValueError, RuntimeError) as exc:
-            self.submit_error = str(exc)
-            return False
-        with self._lock:
-            self.handles.append(handle)
-        if self.on_submit is not None:
-            self.on_submit(i, handle)
-        return True
+        return self.service.submit(list(req.prompt_token_ids), sp, request_id=f"{self.run_id}-{i}")
 
-    @property
-    def submitted_all(self) -> bool:
-        return self._thread is not None and not self._thread.is_alive()
-
-    @property
-    def done(self) -> bool:
-        """Submission ended and every submitted request finished (its final output delivered)."""
-        submitted = self.submitted_all
-        with self._lock:
-            return submitted and all(h.done for h in self.handles)
-
-    @property
-    def num_finished(self) -> int:
-        with self._lock:
-            return sum(1 for h in self.handles if h.done)
-
-    def poll(self) -> None:
-        """Consume what the handles hold (non-blocking); marks the end once every request finished."""
-        done = self.done
+    def _consume(self) -> None:
         if self.consume_outputs:
             with self._lock:
                 handles = list(self.handles)
             for h in handles:
                 h.drain()
-        if done and self.end_time is None:
-            self.end_time = time.monotonic()
-            self._release()
 
     def _release(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-
-    def stop(self) -> None:
-        """Stop submitting and abort what is in flight."""
-        self._stop.set()
-        with self._lock:
-            handles = list(self.handles)
-        for h in handles:
-            if not h.done:
-                self.service.abort(h.request_id)
-
-    def wait(
-        self, timeout: float = 600.0, interval: float = 0.05, on_progress: Callable[[int], None] | None = None
-    ) -> None:
-        """Poll until done (scripts and tests without a UI); on_progress gets the finished count."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.poll()
-            if on_progress is not None:
-                on_progress(self.num_finished)
-            if self.end_time is not None:
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                self._release()
-                raise TimeoutError(f"the workload did not finish within {timeout} s")
-            time.sleep(interval)
 
 
 @dataclass(frozen=True, slots=True)
