@@ -271,6 +271,20 @@ def test_export_and_copy(make_app, tmp_path, monkeypatch):
     run(scenario())
 
 
+def test_titles_from_hostile_text_are_inert(make_app):
+    async def scenario():
+        app = make_app(max_tokens=4)
+        async with app.run_test(size=(140, 44)) as pilot:
+            await app.pane_of(1).send("clear \x1b[2J\x1b]0;t\x07 now")
+            await answered(pilot, 1, 2)
+            await wait_for(pilot, lambda: tab_label(app, 1) == "clear ␛[2J␛]0;t␇ now", what="an inert tab title")
+            (record,) = saved(app)
+            assert record.title == "clear ␛[2J␛]0;t␇ now"
+            assert record.messages[0].content == "clear \x1b[2J\x1b]0;t\x07 now"  # the text itself is kept as sent
+
+    run(scenario())
+
+
 @pytest.mark.parametrize("kind", ["garbage", "newer"])
 def test_unusable_history_file_turns_history_off_with_one_line(make_app, tmp_path, kind):
     path = tmp_path / "h.sqlite3"
@@ -299,3 +313,86 @@ def test_unusable_history_file_turns_history_off_with_one_line(make_app, tmp_pat
 
     run(scenario())
     assert path.read_bytes() == before
+
+
+APP_CHILD = """
+import asyncio, dataclasses, os, sys, time
+from nanovllm_tui.app.app import NanoVllmApp
+from nanovllm_tui.app.history.chat_history import ChatHistory
+from nanovllm_tui.app.history.paths import resolve
+from nanovllm_tui.app.session import SessionSettings
+from nanovllm_tui.engine import LLM
+from nanovllm_tui.engine.serving.thread_service import EngineService
+
+async def main():
+    service = EngineService(LLM(sys.argv[1], kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=128))
+    app = NanoVllmApp(
+        service,
+        dataclasses.replace(service.engine_info(), model="tiny-qwen3"),
+        owns_service=True,
+        default_settings=SessionSettings(temperature=0.0, max_tokens=8),
+        history=ChatHistory.open(resolve(sys.argv[2], False, {})),
+    )
+    async with app.run_test(size=(120, 40)) as pilot:
+        session = app.sessions[1]
+        for text, until in (("first question", lambda: len(session.messages) == 2 and not session.busy),
+                            ("second question", lambda: session.handle is not None and session.handle.text)):
+            if text == "second question":
+                session.settings.max_tokens = 600  # long enough to be killed mid-answer
+            app.pane_of(1).prompt.text = text
+            app.pane_of(1).prompt.action_send()
+            deadline = time.monotonic() + 120
+            while not until():
+                if time.monotonic() > deadline:
+                    sys.exit(f"stuck after {text!r}: {session.messages}")
+                await pilot.pause(0.02)
+        await pilot.pause(0.3)  # a few timer ticks: the question is handed to the writer
+        await asyncio.to_thread(app.history.history.writer.flush, 10)
+        line = "STREAMING " + session.messages[1]["content"] + "\\n"
+        os.write(1, line.encode())  # not print(): Textual captures sys.stdout while the app runs
+        await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_kill_9_while_an_answer_streams_keeps_every_completed_message(make_app, tiny_qwen3_gqa_dir, tmp_path):
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    path = tmp_path / "h.sqlite3"
+    child = subprocess.Popen(
+        [sys.executable, "-c", APP_CHILD, str(tiny_qwen3_gqa_dir), str(path)],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.startswith("STREAMING "), line
+        first_answer = line.removeprefix("STREAMING ").rstrip("\n")
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(60)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    conn.close()
+
+    async def restart():
+        app = make_app()
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: app.pane_of(1) is not None and len(app.pane_of(1).query(UserMessage)) == 2)
+            assert app.sessions[1].messages == [
+                {"role": "user", "content": "first question"},
+                {"role": "assistant", "content": first_answer},
+                {"role": "user", "content": "second question"},
+            ]
+            await send(pilot, "third question")  # the chat goes on
+            await answered(pilot, 1, 5)
+
+    run(restart())

@@ -198,6 +198,11 @@ def test_cli_list_and_export(tmp_path):
     assert out.read_text().startswith("# First chat\n\n- session: 1\n- model: tiny\n")
     proc = history_cli("list", env={**os.environ, "NANOVLLM_TUI_HISTORY": str(path)})  # the variable names it
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 3, proc.stderr
+    store = HistoryStore.open(path)
+    store.rename(2, "evil \x1b]0;pwned\x07 title")  # a title from an older version, or edited by hand
+    store.close()
+    proc = history_cli("list", "--history", str(path), "--search", "evil")
+    assert proc.stdout.splitlines()[1].endswith("evil ␛]0;pwned␇ title") and "\x1b" not in proc.stdout
     proc = history_cli("export", "9", "--history", str(path))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"nanovllm-tui history: error: no chat 9 in {path}; `nanovllm-tui history list` shows the ids"

@@ -238,6 +238,7 @@ def test_settings_and_titles():
     )
     assert settings_from("", "not json") == SessionSettings(system_prompt="")
     assert title_from("\n  Hello there  \nsecond line") == "Hello there"
+    assert title_from("clear \x1b[2J\x1b]0;t\x07 now") == "clear ␛[2J␛]0;t␇ now"  # shown, never obeyed
     assert len(title_from("word " * 40)) == 60 and title_from("word " * 40).endswith("…")
 
 

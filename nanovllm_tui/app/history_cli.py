@@ -17,6 +17,7 @@ from nanovllm_tui.app.history.export import FORMATS, render, when
 from nanovllm_tui.app.history.paths import ENV_VAR, resolve
 from nanovllm_tui.app.history.records import SessionRecord
 from nanovllm_tui.app.history.store import HistoryStore, HistoryUnavailable
+from nanovllm_tui.app.text import inert
 
 EXIT_USAGE = 2
 
@@ -60,7 +61,9 @@ def list_lines(records: list[SessionRecord]) -> list[str]:
     """The `history list` table: a header, then one line per session."""
     lines = [f"{'ID':>5}  {'UPDATED':<20}  {'MSGS':>4}  {'MODEL':<24}  TITLE"]
     for r in records:
-        lines.append(f"{r.id:>5}  {when(r.updated_at):<20}  {r.num_messages:>4}  {r.model[:24]:<24}  {r.title}")
+        lines.append(
+            f"{r.id:>5}  {when(r.updated_at):<20}  {r.num_messages:>4}  {inert(r.model[:24]):<24}  {inert(r.title)}"
+        )
     return lines
 
 

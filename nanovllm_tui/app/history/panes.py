@@ -74,4 +74,4 @@ def set_tab_title(tabs: TabbedContent, pane_id: str, title: str) -> None:
     except NoMatches:  # the tab is being added or removed right now
         return
     if tab.label_text != short:
-        tab.label = Text(short)
+        tab.label = Text(inert(short))

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from nanovllm_tui.app.session import SessionSettings
+from nanovllm_tui.app.text import inert
 
 COMPLETE, STOPPED, FAILED = "complete", "stopped", "failed"
 TITLE_CHARS = 60
@@ -20,7 +21,7 @@ def status_of(finish_reason: str | None) -> str:
 
 def title_from(question: str) -> str:
     """A session's title: the first line of its first question, shortened."""
-    line = next((ln.strip() for ln in question.splitlines() if ln.strip()), "")
+    line = inert(next((ln.strip() for ln in question.splitlines() if ln.strip()), ""))
     return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
 
 

@@ -43,7 +43,7 @@ class RenameScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="history-dialog") as dialog:
             dialog.border_title = "Rename chat"
-            yield Input(self.old_title, id="rename-input", compact=True)
+            yield Input(inert(self.old_title), id="rename-input", compact=True)
             yield Static(Text("enter saves · esc cancels", style="dim"))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -152,7 +152,9 @@ class SessionsScreen(ModalScreen[SessionRecord | None]):
         table = self.query_one(DataTable)
         table.clear()
         for r in records:
-            table.add_row(str(r.id), local_time(r.updated_at), str(r.num_messages), inert(r.model), Text(r.title))
+            table.add_row(
+                str(r.id), local_time(r.updated_at), str(r.num_messages), inert(r.model), Text(inert(r.title))
+            )
         found = f"{len(records)} chat{'s' if len(records) != 1 else ''}"
         self._status(f"{found} matching {query!r} · {self.note}" if query else f"{found} · {self.note}")
 
@@ -225,7 +227,9 @@ class SessionsScreen(ModalScreen[SessionRecord | None]):
                 await self._call(lambda store: store.delete(sid))
                 self.reload()
 
-        question = f"Delete chat {sid} “{record.title}” and its {record.num_messages} messages? This cannot be undone."
+        question = (
+            f"Delete chat {sid} “{inert(record.title)}” and its {record.num_messages} messages? This cannot be undone."
+        )
         self.app.push_screen(ConfirmScreen(question), delete)
 
     def action_close(self) -> None:
