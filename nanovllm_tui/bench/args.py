@@ -41,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "mode",
         nargs="?",
-        choices=("offline", "online"),
+        choices=("offline", "online", "serve"),
         default="offline",
-        help="offline: all requests at once (throughput); online: Poisson arrivals through the streaming service",
+        help="offline: all requests at once (throughput); online: Poisson arrivals through the streaming service; "
+        "serve: the online workload against an OpenAI-compatible server at --url (ours or vLLM)",
     )
     add_engine_args(p, policies=True)
     p.add_argument(
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of --model: the config.json of an architecture, benchmarked with random weights",
     )
     p.add_argument("--cache-dir", help="where --config models are built (default $NANOVLLM_TUI_CACHE/bench-models)")
+    _add_server_args(p)
     _add_workload_args(p)
     _add_compare_args(p)
     o = p.add_argument_group("output")
@@ -59,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--trace", metavar="FILE", help="write the engine's StepStats as JSONL, one step a line")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "bench serve (the engine flags are the server's business; --model NAME picks a served model, "
+        "default: the one /v1/models lists)"
+    )
+    g.add_argument("--url", metavar="URL", help="the server's base URL, e.g. http://127.0.0.1:8000")
+    g.add_argument("--api-key", metavar="KEY", default=None, help="sent as 'Authorization: Bearer KEY'")
 
 
 def _add_workload_args(p: argparse.ArgumentParser) -> None:

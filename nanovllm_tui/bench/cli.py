@@ -24,6 +24,8 @@ def _prepare(ns: argparse.Namespace) -> tuple[str, Any, list[BenchRequest]]:
     from nanovllm_tui.bench.model_source import resolve_model
     from nanovllm_tui.engine.execution.loader import load_hf_config
 
+    if ns.url is not None:
+        raise ValueError(f"--url is for bench serve (a server's benchmark); drop it for {ns.mode} mode")
     if ns.mode == "online" and ns.compare:
         raise ValueError("--compare runs the offline workload; drop it for online mode")
     if ns.mode == "offline" and len(ns.policy) > 1:
@@ -216,6 +218,10 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     from nanovllm_tui.bench.floor import measure_rates
     from nanovllm_tui.engine.devices import resolve_device, resolve_dtype
 
+    if ns.mode == "serve":  # the engine is the server's: no model, no torch here
+        from nanovllm_tui.bench.serve import run_serve
+
+        return run_serve(ns)
     model_dir, hf_config, workload = _prepare(ns)
     _set_torch_threads(ns)
     device = resolve_device(ns.device)
@@ -254,4 +260,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results written to {ns.json_path}")
     failed = sum(r.get("num_errors", 0) for r in doc.get("offline", {}).values())
     failed += sum(r.get("num_errors", 0) for r in doc.get("online", {}).values())
+    failed += doc.get("serve", {}).get("num_errors", 0)
     return 1 if failed else 0

@@ -3,6 +3,9 @@ TPOT and end-to-end latency (as vLLM's benchmark_serving reports them) from the 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
@@ -66,6 +69,26 @@ def run_online(
     return result, driver.steps
 
 
+@dataclass(frozen=True, slots=True)
+class RequestTiming:
+    """One request's timings (time.monotonic seconds), however it was measured: the engine's handle in process,
+    the client's stream over HTTP (bench/http_load.py)."""
+
+    start: float  # submitted (in process) or sent (HTTP)
+    first_token: float | None
+    token_times: Sequence[float]  # each generated token (in process) or each streamed chunk with text (HTTP)
+    end: float | None
+    output_tokens: int
+    ok: bool  # ended with "length", as ignore_eos asks
+
+    @classmethod
+    def of_handle(cls, h: RequestHandle) -> RequestTiming:
+        m = h.metrics
+        end = m.finished_time if m.finished_time is not None else (m.token_times[-1] if m.token_times else None)
+        ok = h.finish_reason == "length"  # ignore_eos: every request should run to its max_tokens
+        return cls(m.arrival_time, m.first_token_time, list(m.token_times), end, m.num_generation_tokens, ok)
+
+
 def summarise(
     handles: list[RequestHandle],
     workload: list[BenchRequest],
@@ -74,37 +97,42 @@ def summarise(
     history: list[StepStats],
 ) -> OnlineResult:
     """Latency distributions and throughput from finished handles."""
+    return summarise_timings([RequestTiming.of_handle(h) for h in handles], workload, request_rate, policy, history)
+
+
+def summarise_timings(
+    timings: list[RequestTiming],
+    workload: list[BenchRequest],
+    request_rate: float,
+    policy: str,
+    history: Sequence[StepStats] = (),
+) -> OnlineResult:
+    """Latency distributions (as vLLM's benchmark_serving) and throughput over first start to last end."""
     ttft: list[float] = []
     itl: list[float] = []
     tpot: list[float] = []
     e2e: list[float] = []
-    errors = output_tokens = 0
-    first_arrival = min(h.metrics.arrival_time for h in handles)
+    first_arrival = min(t.start for t in timings)
     last_finish = first_arrival
-    for h in handles:
-        m = h.metrics
-        if h.finish_reason != "length":  # ignore_eos: every request should run to its max_tokens
-            errors += 1
-        output_tokens += m.num_generation_tokens
-        if m.time_to_first_token is not None:
-            ttft.append(m.time_to_first_token)
-        itl.extend(m.inter_token_latencies)
-        end = m.finished_time if m.finished_time is not None else (m.token_times[-1] if m.token_times else None)
-        if end is not None:
-            e2e.append(end - m.arrival_time)
-            last_finish = max(last_finish, end)
-            if m.num_generation_tokens > 1 and m.first_token_time is not None:
-                tpot.append((end - m.first_token_time) / (m.num_generation_tokens - 1))
+    for t in timings:
+        if t.first_token is not None:
+            ttft.append(t.first_token - t.start)
+        itl.extend(b - a for a, b in itertools.pairwise(t.token_times))
+        if t.end is not None:
+            e2e.append(t.end - t.start)
+            last_finish = max(last_finish, t.end)
+            if t.output_tokens > 1 and t.first_token is not None:
+                tpot.append((t.end - t.first_token) / (t.output_tokens - 1))
     duration = last_finish - first_arrival
     running = [s.num_running for s in history if s.start_time >= first_arrival]
     return OnlineResult(
-        num_requests=len(handles),
+        num_requests=len(timings),
         request_rate=request_rate,
         policy=policy,
         duration=duration,
         prompt_tokens=total_prompt_tokens(workload),
-        output_tokens=output_tokens,
-        num_errors=errors,
+        output_tokens=sum(t.output_tokens for t in timings),
+        num_errors=sum(not t.ok for t in timings),
         ttft=Distribution.of_seconds(ttft),
         itl=Distribution.of_seconds(itl),
         tpot=Distribution.of_seconds(tpot),

@@ -130,6 +130,11 @@ def online_table(r: OnlineResult) -> str:
         )
     if r.itl.p50 and r.itl.p99 is not None:
         lines.append(f"  ITL p99 / p50 = {r.itl.p99 / r.itl.p50:.2f}")
+    if r.client_cpu_seconds is not None and r.duration > 0:
+        share = r.client_cpu_seconds / r.duration
+        # The client's threads share one interpreter lock: near one core, the client may be what limits the run.
+        warning = "; near one core: the client may be the bottleneck" if share > 0.8 else ""
+        lines.append(f"  client CPU {r.client_cpu_seconds:.2f} s = {share:.0%} of one core over the run{warning}")
     return "\n".join(lines)
 
 
@@ -161,37 +166,42 @@ def floor_table(f: Floor, seconds: float, bandwidth_source: str, compute_source:
     )
 
 
-def environment(device: Any) -> dict[str, Any]:
-    """Where and with what the run happened (the --json document's "environment")."""
+def git_commit() -> str | None:
+    """$NANOVLLM_COMMIT, or `git describe` of this checkout (a run from a modified tree says "-dirty")."""
+    commit = os.environ.get("NANOVLLM_COMMIT")
+    if commit:
+        return commit
+    try:
+        return (
+            subprocess.run(
+                ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=os.path.dirname(os.path.abspath(__file__)),
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: Any | None = None) -> dict[str, Any]:
+    """Where and with what the run happened (the --json document's "environment"); without a device (bench
+    serve: the engine is elsewhere) no torch is imported."""
+    env: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    if device is None:
+        return env
     import torch
     import transformers
 
-    commit = os.environ.get("NANOVLLM_COMMIT")
-    if not commit:
-        try:
-            # --dirty: a run from a working tree that differs from its commit says so (e.g. "75f4767-dirty").
-            commit = (
-                subprocess.run(
-                    ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-                    check=False,
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                    cwd=os.path.dirname(os.path.abspath(__file__)),
-                ).stdout.strip()
-                or None
-            )
-        except (OSError, subprocess.SubprocessError):
-            commit = None
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit,
-        "host": platform.node(),
-        "device": str(device),
-        "gpu": gpu,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
+    env.update(device=str(device), gpu=gpu, torch=torch.__version__, transformers=transformers.__version__)
+    return env

@@ -86,6 +86,8 @@ class OnlineResult:
     mean_in_flight: float  # Little's law: sum of e2e latencies / duration
     mean_running: float | None  # mean num_running over the engine's steps
     max_concurrency: int | None = None
+    # bench serve: the client process's CPU time over the run (all its threads), to show it was not the bottleneck
+    client_cpu_seconds: float | None = None
 
     @property
     def request_throughput(self) -> float:

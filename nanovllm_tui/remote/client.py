@@ -56,6 +56,8 @@ class ModelCard:
 class RemoteClient:
     """Blocking HTTP calls to one server; call from worker threads, never from the UI thread."""
 
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # the pool's (httpx's defaults)
+
     def __init__(
         self,
         url: str,
@@ -70,7 +72,9 @@ class RemoteClient:
         self.timeout = timeout
         self.stream_timeout = stream_timeout
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout))
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout), limits=self.limits
+        )
 
     def close(self) -> None:
         self._http.close()
