@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from dataclasses import dataclass
 from unittest import mock
 
@@ -206,7 +207,9 @@ class PipelinedFakeRunner(PagedFakeRunner):
             self._violation(f"{where}: launched ahead of launch #{after.index}, which is not pure decode")
         m = len(after.items)
         idx = list(range(m)) if keep is None else list(keep)
-        if keep is not None and (not idx or idx[0] < 0 or idx[-1] >= m or any(b <= a for a, b in zip(idx, idx[1:]))):
+        if keep is not None and (
+            not idx or idx[0] < 0 or idx[-1] >= m or any(b <= a for a, b in itertools.pairwise(idx))
+        ):
             self._violation(f"{where}: keep={keep} is not increasing indices into {m} in-flight rows")
         want = [after.items[i][0].request_id for i in idx]
         if [seq.request_id for seq, _ in items] != want or any(n != 1 for _, n in items):

@@ -177,7 +177,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _drain(self) -> None:
         """Step until idle within a bound: every admitted request ends (no livelock)."""
-        live = [s for s in live_seqs(self.engine)]
+        live = list(live_seqs(self.engine))
         bound = sum(s.num_tokens + s.sampling_params.max_tokens + 2 for s in live) * (len(live) + 1) + 10
         idle = 0
         for _ in range(bound):

@@ -88,3 +88,16 @@ def test_torch_path_flags_scores_that_overflow() -> None:
     tokens = Sampler()(logits, temps, None, None, _generators(3), all_greedy=False, seeds=seeds, offsets=seeds)
     assert tokens.tolist()[:2] == [-1, 7]
     assert 0 <= int(tokens[2]) < 50
+
+
+def test_unasked_all_greedy_rows_are_checked_in_full_like_the_kernel() -> None:
+    """Without the caller's all_greedy, a greedy row with a -inf logit is flagged (as the fused kernel does);
+    with all_greedy=True only the picked logit is checked (the runner's no-extra-pass promise)."""
+    logits = torch.randn(2, 50)
+    logits[0, 3] = float("-inf")
+    temps = torch.zeros(2)
+    seeds = torch.arange(2, dtype=torch.int64)
+    unasked = Sampler()(logits, temps, None, None, seeds=seeds, offsets=seeds)
+    told = Sampler()(logits, temps, None, None, all_greedy=True, seeds=seeds, offsets=seeds)
+    assert unasked.tolist() == [-1, int(logits[1].argmax())]
+    assert told.tolist() == logits.argmax(dim=-1).tolist()

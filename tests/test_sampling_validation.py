@@ -21,8 +21,8 @@ def test_seeded_runs_reproduce_across_batch_mixes(llm):
     alone = llm.generate([PROMPT], sp, use_tqdm=False)[0]["token_ids"]
     others = [[11 * i + 3 for i in range(n)] for n in (3, 20, 9)]
     mixed = llm.generate(
-        others[:1] + [PROMPT] + others[1:],
-        [SamplingParams(temperature=1.0, max_tokens=16)] + [sp] + [SamplingParams(temperature=0.7, max_tokens=16)] * 2,
+        [*others[:1], PROMPT, *others[1:]],
+        [SamplingParams(temperature=1.0, max_tokens=16), sp, *[SamplingParams(temperature=0.7, max_tokens=16)] * 2],
         use_tqdm=False,
     )
     assert mixed[1]["token_ids"] == alone

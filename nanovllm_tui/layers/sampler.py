@@ -49,12 +49,18 @@ class Sampler(nn.Module):
                 return fused(logits, temperatures.float(), seeds, offsets)
         flag = seeds is not None
         greedy_rows = temperatures < MIN_TEMPERATURE  # 0, or so small that logits / T would overflow
+        told = all_greedy is not None
         if all_greedy is None:
             all_greedy = bool(greedy_rows.all())
         if all_greedy:
             tokens = logits.argmax(dim=-1)  # bf16 -> fp32 is exact, so no upcast is needed for the argmax
-            # argmax picks a NaN or +inf if the row has one: checking the picked logit is enough (no extra pass).
-            return _flag(tokens, logits.gather(1, tokens.unsqueeze(1)).squeeze(1)) if flag else tokens
+            if not flag:
+                return tokens
+            # argmax picks a NaN or +inf if the row has one: when the caller vouches that all rows are greedy,
+            # checking the picked logit is enough (no extra pass); else every logit is checked, as when sampling.
+            if told:
+                return _flag(tokens, torch.isfinite(logits.gather(1, tokens.unsqueeze(1)).squeeze(1)))
+            return _flag(tokens, torch.isfinite(logits).all(dim=-1))
         logits = logits.float()
         greedy = logits.argmax(dim=-1)
         temps = torch.where(greedy_rows, torch.ones_like(temperatures), temperatures)
@@ -75,7 +81,7 @@ class Sampler(nn.Module):
                 noise[i] = row.to(noise.device)
         sampled = probs.div(noise.clamp_min(1e-10)).argmax(dim=-1)
         tokens = torch.where(greedy_rows, greedy, sampled)
-        return tokens if finite is None else torch.where(finite, tokens, -1)
+        return tokens if finite is None else _flag(tokens, finite)
 
 
 @functools.cache
@@ -88,9 +94,9 @@ def fused_sampler() -> Callable[..., torch.Tensor] | None:
     return sample
 
 
-def _flag(tokens: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
-    """-1 where the picked score is not finite (the torch path's counterpart of the fused kernel's check)."""
-    return torch.where(torch.isfinite(picked), tokens, -1)
+def _flag(tokens: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    """-1 where a row's scores are not finite (the torch path's counterpart of the fused kernel's check)."""
+    return torch.where(finite, tokens, -1)
 
 
 def _apply_top_k(logits: torch.Tensor, top_ks: torch.Tensor) -> torch.Tensor:
