@@ -47,6 +47,29 @@ def _phase(engine, request_id: str) -> str:
     return "requeued"  # preempted back to the queue, or waiting for its first decode
 
 
+def _abort_later(llm: LLM, h, i: int, rng: random.Random, errors: list[BaseException]) -> None:
+    """Abort request i at a moment picked by i: once its prefill started (long prompts), after a random
+    delay, after its first token, or after it finished (abort must then be a harmless no-op)."""
+    try:
+        mode = i % 3
+        if i % LONG == 0:  # wait (racily: a trigger only) until its prefill has started
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                seq = llm.requests.get(h.request_id)
+                if seq is not None and seq.num_computed_tokens > 0:
+                    break
+                time.sleep(0.0005)
+        elif mode == 0:
+            time.sleep(rng.random() * 0.3)
+        elif mode == 1:
+            h.get(timeout=30)  # after its first token (or its end)
+        else:
+            h.result(timeout=60)
+        h.abort()
+    except BaseException as exc:
+        errors.append(exc)
+
+
 def test_abort_storm_through_the_service(tiny_qwen3_gqa_dir):
     prompts, params = _workload()
     clean = LLM(str(tiny_qwen3_gqa_dir), **OPTS).generate(prompts, params, use_tqdm=False)
@@ -70,28 +93,10 @@ def test_abort_storm_through_the_service(tiny_qwen3_gqa_dir):
             if i in doomed and i % 5 == 0 and i % LONG:
                 handles[-1].abort()  # before the engine thread has even seen it
 
-        def aborter(i: int, mode: int) -> None:
-            try:
-                h = handles[i]
-                if i % LONG == 0:  # wait (racily: a trigger only) until its prefill has started
-                    deadline = time.monotonic() + 30
-                    while time.monotonic() < deadline:
-                        seq = llm.requests.get(h.request_id)
-                        if seq is not None and seq.num_computed_tokens > 0:
-                            break
-                        time.sleep(0.0005)
-                elif mode == 0:
-                    time.sleep(rng.random() * 0.3)
-                elif mode == 1:
-                    h.get(timeout=30)  # after its first token (or its end)
-                else:
-                    h.result(timeout=60)  # after it finished: abort must be a harmless no-op
-                h.abort()
-            except BaseException as exc:
-                errors.append(exc)
-
         threads = [
-            threading.Thread(target=aborter, args=(i, i % 3)) for i in sorted(doomed) if i % 5 != 0 or i % LONG == 0
+            threading.Thread(target=_abort_later, args=(llm, handles[i], i, rng, errors))
+            for i in sorted(doomed)
+            if i % 5 != 0 or i % LONG == 0
         ]
         for t in threads:
             t.start()
