@@ -1,16 +1,16 @@
-"""NanoVllmApp: chat sessions as tabs beside the live scheduler dashboard, over one engine Service.
+"""NanoVllmApp: chat sessions as tabs beside the live scheduler dashboard, over one engine Service, or over a
+remote vLLM-compatible server (attach mode: a RemoteService; app/backend.py says what differs).
 
-Contract: the engine never waits for the UI. A timer (~12 Hz) drains request handles and the service's
-stats ring buffer and redraws only what is visible; there is no call_from_thread per step.
+Contract: the engine never waits for the UI. A timer (~12 Hz) drains request handles and the backend's
+figures (the service's stats ring buffer, or the remote poller's latest scrape) and redraws only what is
+visible; there is no call_from_thread per step, and no network I/O on the UI thread.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterable
 from functools import partial
-from pathlib import PurePath
 from typing import ClassVar
 
 from textual.app import App, ComposeResult, SystemCommand
@@ -20,6 +20,7 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
+from nanovllm_tui.app.backend import backend_for
 from nanovllm_tui.app.history.chat_history import ChatHistory
 from nanovllm_tui.app.history.controller import HistoryController
 from nanovllm_tui.app.screens.bench import BenchScreen
@@ -28,11 +29,11 @@ from nanovllm_tui.app.screens.help import APP_BINDINGS, PALETTE, HelpScreen
 from nanovllm_tui.app.screens.settings import SettingsScreen
 from nanovllm_tui.app.session import ChatSession, SessionSettings
 from nanovllm_tui.app.stats_window import StatsWindow
+from nanovllm_tui.app.widgets.banner import Banner
 from nanovllm_tui.app.widgets.chat import ChatPane
-from nanovllm_tui.app.widgets.dashboard import Dashboard
 from nanovllm_tui.bench.driver import BenchRun, WorkloadSpec
 from nanovllm_tui.engine.serving.protocol import EngineInfo, Service
-from nanovllm_tui.engine.stats import EngineStats
+from nanovllm_tui.remote.service import RemoteService
 
 POLL_HZ = 12  # the issue asks for 10-15 Hz: smooth enough, and cheap next to an engine step
 
@@ -45,7 +46,7 @@ class NanoVllmApp(App[None]):
 
     def __init__(
         self,
-        service: Service,
+        service: Service | RemoteService,
         info: EngineInfo | None = None,
         *,
         owns_service: bool = False,
@@ -54,42 +55,37 @@ class NanoVllmApp(App[None]):
         history: ChatHistory | None = None,
         reopen: int = 0,
     ):
-        """info: the dashboard header (default: the service's engine_info(), named by the model dir's name);
-        callers pass `dataclasses.replace(service.engine_info(), model=display_name)` to name it otherwise."""
+        """service: a local engine Service, or a RemoteService (attach mode). info: the dashboard header of a
+        local engine (default: the service's engine_info(), named by the model dir's name); callers pass
+        `dataclasses.replace(service.engine_info(), model=display_name)` to name it otherwise."""
         super().__init__()
         self.service = service
-        if info is None:
-            info = service.engine_info()
-            info = dataclasses.replace(info, model=PurePath(info.model).name or info.model)
-        self.info = info
+        self.backend = backend_for(service, info)
+        self.info = self.backend.info
         self.owns_service = owns_service
         self.default_settings = default_settings or SessionSettings()
         self.poll_hz = poll_hz
-        self.window = StatsWindow()
-        self.policy = info.scheduling_policy
-        self.window.policy = self.policy
         self.sessions: dict[int, ChatSession] = {}
         self._next_session = 1
         self.bench_run: BenchRun | None = None
         self._bench_runs = 0
-        self._last_totals: EngineStats | None = None
         self._ticks = 0
         self._drawn: tuple = ()  # (screen, size) last drawn: a new screen or size redraws at once
-        service.set_block_map(True)
         self.history = HistoryController(self, history, reopen)  # history None: chats stay in memory
 
     # -- layout ------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Header()
+        yield Banner(id="banner")
         with Horizontal(id="main"):
             yield TabbedContent(id="sessions")
-            yield Dashboard(self.info, id="side-dashboard")
+            yield self.backend.dashboard("side-dashboard")
         yield Footer(compact=True)
 
     async def on_mount(self) -> None:
-        self.install_screen(BenchScreen(self.info), name="bench")
-        self.install_screen(DashboardScreen(self.info), name="dashboard")
-        self.sub_title = f"{self.info.model} · {self.info.device}"
+        for name, screen in self.backend.screens().items():
+            self.install_screen(screen, name=name)
+        self.sub_title = self.backend.subtitle
         if not await self.history.start():  # reopens the recent saved chats, if any
             await self.action_new_session()
         self.set_interval(1 / self.poll_hz, self._tick)
@@ -115,14 +111,14 @@ class NanoVllmApp(App[None]):
             run.poll()
             if isinstance(self.screen, BenchScreen):
                 self.screen.show_run(run)
-        totals = self.service.stats()
-        new = self.window.add(self.service.stats_history(since_step=self.window.last_step), totals)
+        news = self.backend.poll()
+        for banner in self.screen_stack[0].query(Banner):  # none while the app shuts down
+            banner.show(self.backend.banner())
         self._ticks += 1
         # Redraw on news, and about once a second anyway (rates decay to 0 when idle, resizes show).
         view = (self.screen, self.size)
-        if new or totals is not self._last_totals or view != self._drawn or self._ticks % self.poll_hz == 0:
+        if news or view != self._drawn or self._ticks % self.poll_hz == 0:
             self._drawn = view
-            self._last_totals = totals
             self.refresh_dashboards()
 
     def request_redraw(self) -> None:
@@ -130,11 +126,17 @@ class NanoVllmApp(App[None]):
         self._drawn = ()
 
     def refresh_dashboards(self) -> None:
-        now = time.monotonic()
-        sessions = sorted(self.sessions)
-        for dash in self.screen.query(Dashboard):
-            if dash.display:
-                dash.show(self.window, sessions, now)
+        self.backend.show(self.screen, sorted(self.sessions), time.monotonic())
+
+    @property
+    def window(self) -> StatsWindow | None:
+        """The local engine's per-step stats (None when attached to a remote server)."""
+        return self.backend.window
+
+    @property
+    def policy(self) -> str | None:
+        """The local engine's scheduling policy (None when attached to a remote server)."""
+        return self.backend.policy
 
     # -- sessions ----------------------------------------------------------------------------------
     def chat_panes(self) -> list[ChatPane]:
@@ -241,11 +243,10 @@ class NanoVllmApp(App[None]):
     # -- engine actions ----------------------------------------------------------------------------
     def action_set_policy(self, policy: str) -> None:
         try:
-            self.service.set_scheduling_policy(policy)
+            self.backend.set_policy(policy)
         except (ValueError, RuntimeError) as exc:
             self.notify(str(exc), severity="error")
             return
-        self.policy = self.window.policy = policy
         self.refresh_dashboards()
         self.notify(f"scheduling policy: {policy}", timeout=2)
 
@@ -257,7 +258,7 @@ class NanoVllmApp(App[None]):
             self.notify("a benchmark is already running; stop it first (ctrl+x)", severity="warning")
             return
         self._bench_runs += 1
-        self.bench_run = BenchRun(self.service, spec, run_id=f"bench{self._bench_runs}")
+        self.bench_run = self.backend.benchmark(spec, f"bench{self._bench_runs}")
         self.bench_run.start()
 
     def stop_benchmark(self) -> None:
@@ -266,7 +267,7 @@ class NanoVllmApp(App[None]):
 
     # -- screens -----------------------------------------------------------------------------------
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(self.backend.help_note))
 
     def action_dashboard(self) -> None:
         if isinstance(self.screen, DashboardScreen):
@@ -287,7 +288,12 @@ class NanoVllmApp(App[None]):
     def action_copy_message(self) -> None:
         self.history.copy_message()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Hide what the backend cannot do (attach mode: policy, benchmark) from the footer; its keys do nothing."""
+        return self.backend.offers(action)
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for title, help_text, action in PALETTE:
-            yield SystemCommand(title, help_text, partial(self.run_action, action))
+            if self.backend.offers(action.partition("(")[0]):
+                yield SystemCommand(title, help_text, partial(self.run_action, action))

@@ -1,23 +1,27 @@
-"""`nanovllm-tui attach URL`: open the app on a running vLLM-compatible server (chat and dashboard over HTTP).
+"""`nanovllm-tui attach URL`: open the app (NanoVllmApp: chat tabs, settings, saved chats, dashboard) on a
+running vLLM-compatible server, with chats and dashboard over HTTP.
 
-Start-up checks fail with one line on stderr and exit status 2: a bad URL, a server that can't be reached or
-rejects the key, a model choice that doesn't fit what /v1/models lists. `--check` stops after them and prints
-the first figures (for scripts and CI; no terminal UI).
+Start-up checks fail with one line on stderr and exit status 2: a bad URL, no terminal, a server that can't be
+reached or rejects the key, a model choice that doesn't fit what /v1/models lists. `--check` stops after them
+and prints the first figures (for scripts and CI; no terminal UI).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Sequence
 
+from nanovllm_tui.app.history.paths import add_history_args
 from nanovllm_tui.remote.client import DEFAULT_STREAM_TIMEOUT, DEFAULT_TIMEOUT, normalize_base_url
 from nanovllm_tui.remote.errors import RemoteError
 from nanovllm_tui.remote.service import RemoteService
 from nanovllm_tui.remote.snapshot import RemoteSnapshot
 
 PROG = "nanovllm-tui attach"
+EXIT_INTERRUPTED = 130
 
 
 def _positive(text: str) -> float:
@@ -49,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a chat stream may stay silent before it counts as failed",
     )
     p.add_argument("--check", action="store_true", help="check the server, print its figures once, and exit")
+    add_history_args(p)  # --history PATH, --no-history, --reopen N: the same saved chats as the local app
     return p
 
 
@@ -56,7 +61,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, check the server, then run the app (or print figures with --check); the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        return _attach(args)
+    except KeyboardInterrupt:  # Ctrl+C (or SIGTERM) before the app took the terminal, e.g. while connecting
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _attach(args: argparse.Namespace) -> int:
+    try:
         normalize_base_url(args.url)
+        if not args.check:
+            _check_terminal()
+            # As in the local app: SIGTERM ends the app the way Ctrl+C does (terminal restored, service shut
+            # down), re-raised as SIGINT, which asyncio's runner under Textual turns into a clean exit.
+            signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
         service = RemoteService.connect(
             args.url,
             args.api_key,
@@ -74,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.check:
             return _check(service, args.interval)
-        return _run_app(service)
+        return _run_app(service, args)
     finally:
         service.shutdown()
 
@@ -117,9 +135,18 @@ def describe(snap: RemoteSnapshot) -> str:
     )
 
 
-def _run_app(service: RemoteService) -> int:
-    """The Textual app in attach mode (chat over HTTP, dashboard without a block map)."""
-    from nanovllm_tui.remote.app import AttachApp  # Textual only when there is a UI to show
+def _check_terminal() -> None:
+    """The app draws on a terminal and reads keys from it: refuse at once (ValueError) when there is none."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise ValueError("the app needs a terminal (stdin and stdout must be a TTY); --check works without one")
 
-    AttachApp(service).run()
+
+def _run_app(service: RemoteService, args: argparse.Namespace) -> int:
+    """The app in attach mode: chat tabs over HTTP, the remote dashboard, the saved chats as in the local app."""
+    from nanovllm_tui.app.app import NanoVllmApp  # Textual only when there is a UI to show
+    from nanovllm_tui.app.history.chat_history import ChatHistory
+    from nanovllm_tui.app.history.paths import resolve
+
+    history = ChatHistory.open(resolve(args.history, args.no_history))  # never raises: off, with a reason
+    NanoVllmApp(service, owns_service=True, history=history, reopen=args.reopen).run()
     return 0

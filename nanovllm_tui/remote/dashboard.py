@@ -96,19 +96,21 @@ def _row(t: Text, label: str, snap: RemoteSnapshot, name: str, fmt, history: Rem
 
 
 class RemoteDashboard(Static):
-    """Shows the latest poll; `show` is called on the app's timer and redraws only when something changed."""
+    """Shows the latest poll; `show` is called on the app's timer and redraws only when something changed.
+    `history` may be shared by several dashboards (the app's side one and the dashboard screen's)."""
 
-    def __init__(self, info: RemoteInfo, **kwargs):
+    def __init__(self, info: RemoteInfo, history: RemoteHistory | None = None, **kwargs):
         super().__init__(**kwargs)
         self.info = info
-        self.history = RemoteHistory()
+        self.history = history if history is not None else RemoteHistory()
         self.text = Text()  # what is shown now
         self._drawn: tuple = ()
 
     def show(self, status: PollStatus, snap: RemoteSnapshot | None) -> None:
-        new = self.history.add(snap)
-        key = (status, self.size.width)
-        if new or key != self._drawn:
+        self.history.add(snap)
+        latest = self.history.snaps[-1] if self.history.snaps else None
+        key = (status, self.content_size.width, None if latest is None else latest.time)
+        if key != self._drawn:
             self._drawn = key
             self.text = render_remote(self.info, status, self.history, max(20, self.content_size.width))
             self.update(self.text)

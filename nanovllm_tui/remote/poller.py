@@ -40,12 +40,13 @@ class PollStatus:
 
 
 Listener = Callable[[PollStatus, RemoteSnapshot | None], None]
+MAX_BACKOFF = 30.0  # seconds: the longest wait between tries while the server is down
 
 
 class MetricsPoller:
     """Scrape on a daemon thread; read `latest`/`status` from any thread, or subscribe() for every poll."""
 
-    def __init__(self, client: RemoteClient, interval: float = 1.0, max_backoff: float = 30.0):
+    def __init__(self, client: RemoteClient, interval: float = 1.0, max_backoff: float = MAX_BACKOFF):
         if not interval > 0:
             raise ValueError(f"--interval {interval} must be > 0 seconds")
         self.client = client

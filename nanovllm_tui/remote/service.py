@@ -23,7 +23,7 @@ from nanovllm_tui.engine.serving.request_handle import RequestHandle, RequestMet
 from nanovllm_tui.remote.client import ModelCard, RemoteClient
 from nanovllm_tui.remote.errors import RemoteError
 from nanovllm_tui.remote.openai_api import ChunkDelta, read_chunk, request_body
-from nanovllm_tui.remote.poller import UNAUTHORIZED, Listener, MetricsPoller, PollStatus
+from nanovllm_tui.remote.poller import MAX_BACKOFF, UNAUTHORIZED, Listener, MetricsPoller, PollStatus
 from nanovllm_tui.remote.snapshot import RemoteSnapshot
 from nanovllm_tui.remote.stream import EventStream
 
@@ -51,9 +51,16 @@ class _Live:
 class RemoteService:
     """Chat with a remote server and watch its /metrics; every method may be called from any thread."""
 
-    def __init__(self, client: RemoteClient, model: ModelCard, models: list[ModelCard], interval: float = 1.0):
+    def __init__(
+        self,
+        client: RemoteClient,
+        model: ModelCard,
+        models: list[ModelCard],
+        interval: float = 1.0,
+        max_backoff: float = MAX_BACKOFF,
+    ):
         self.client = client
-        self.poller = MetricsPoller(client, interval)
+        self.poller = MetricsPoller(client, interval, max_backoff)
         self._info = RemoteInfo(client.base_url, model.id, model.max_model_len, tuple(m.id for m in models))
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
@@ -64,9 +71,17 @@ class RemoteService:
 
     @classmethod
     def connect(
-        cls, url: str, api_key: str | None = None, model: str | None = None, interval: float = 1.0, **client_kw: float
+        cls,
+        url: str,
+        api_key: str | None = None,
+        model: str | None = None,
+        interval: float = 1.0,
+        *,
+        max_backoff: float = MAX_BACKOFF,
+        **client_kw: float,
     ) -> RemoteService:
-        """Check the server (one /v1/models call), pick the model, start polling /metrics.
+        """Check the server (one /v1/models call), pick the model, start polling /metrics (retrying a server
+        that is down after waits that double up to `max_backoff` seconds); `client_kw`: RemoteClient's timeouts.
 
         ValueError for a bad URL, interval or model choice; RemoteError if the server can't be used."""
         if not interval > 0:
@@ -74,7 +89,7 @@ class RemoteService:
         client = RemoteClient(url, api_key, **client_kw)
         try:
             models = client.models()
-            service = cls(client, choose_model(models, model, client.base_url), models, interval)
+            service = cls(client, choose_model(models, model, client.base_url), models, interval, max_backoff)
         except BaseException:
             client.close()
             raise

@@ -1,4 +1,5 @@
-"""The dashboard on its own screen (for narrow terminals, or a bigger block map)."""
+"""The dashboard on its own screen (for narrow terminals, or a bigger block map): the engine's Dashboard, or the
+remote server's in attach mode (the app's backend makes the widget)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ from typing import ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer
-
-from nanovllm_tui.app.widgets.dashboard import Dashboard
-from nanovllm_tui.engine.serving.protocol import EngineInfo
 
 
 class DashboardScreen(Screen[None]):
@@ -19,10 +18,10 @@ class DashboardScreen(Screen[None]):
         Binding("f3", "app.pop_screen", "Back"),
     ]
 
-    def __init__(self, info: EngineInfo):
+    def __init__(self, dashboard: Widget):
         super().__init__()
-        self.info = info
+        self.dashboard = dashboard
 
     def compose(self) -> ComposeResult:
-        yield Dashboard(self.info, id="full-dashboard")
+        yield self.dashboard
         yield Footer(compact=True)

@@ -87,6 +87,11 @@ one cell stands for several blocks and shows the busiest.
 class HelpScreen(ModalScreen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss", "Close"), Binding("f1", "dismiss", "Close")]
 
+    def __init__(self, note: str = ""):
+        """note: Markdown added after the keys (attach mode says what a remote server cannot do)."""
+        super().__init__()
+        self.note = note
+
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-dialog"):
-            yield Markdown(HELP)
+            yield Markdown(HELP + self.note)

@@ -117,7 +117,7 @@ class AnswerView(Vertical):
         await self.query_one(".answer", Markdown).update(inert(self.text))
         metrics = Text(line, style="dim")
         if error:
-            metrics.append(f"\nerror: {inert(error)}", style="bold red")
+            metrics.append(("\n" if line else "") + f"error: {inert(error)}", style="bold red")
         self.query_one(".metrics", Static).update(metrics)
         self.done = True
 
@@ -203,7 +203,10 @@ class ChatPane(Vertical):
             if handle.text or handle.finish_reason != "error":
                 self.session.messages.append({"role": "assistant", "content": handle.text})
             self.session.handle = None
-            await answer.finish(metrics_line(handle.metrics, handle.finish_reason), handle.error)
+            # A request that failed before its first token ends with the error line alone.
+            failed_at_once = handle.error is not None and not handle.text
+            line = "" if failed_at_once else metrics_line(handle.metrics, handle.finish_reason)
+            await answer.finish(line, handle.error)
             self._status()
             return False
         if visible:
