@@ -33,5 +33,5 @@ def check_prompt_text(prompt: str, max_model_len: int, tokenizer: Any) -> None:
     if len(prompt) > limit:
         raise ValueError(
             f"prompt has {len(prompt)} characters, more than max_model_len={max_model_len} tokens can "
-            f"hold (at most {limit} characters); shorten the prompt or raise --max-model-len"
+            f"hold (at most {limit} characters); shorten the prompt or raise max_model_len"
         )
