@@ -83,13 +83,19 @@ class RequestStream:
     async def final(self, request: Request) -> RequestOutput:
         """Wait for the end of the request; abort it if the client disconnects first."""
         aborted = False
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + DISCONNECT_POLL_S
         while True:
+            # Check on a clock, not only when no output came: a steady stream of deltas would otherwise never let
+            # the check run, and an abandoned request would generate to the end.
+            if not aborted and loop.time() >= next_check:
+                next_check = loop.time() + DISCONNECT_POLL_S
+                if await request.is_disconnected():
+                    self.abort()
+                    aborted = True
             try:
                 out = await asyncio.wait_for(self._queue.get(), DISCONNECT_POLL_S)
             except asyncio.TimeoutError:
-                if not aborted and await request.is_disconnected():
-                    self.abort()
-                    aborted = True
                 continue
             if out.finished:
                 return out
