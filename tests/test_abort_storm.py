@@ -8,11 +8,14 @@ import random
 import threading
 import time
 
+import pytest
 from engine_helpers import check_clean
 
 from nanovllm_tui.engine import LLM, SamplingParams
 from nanovllm_tui.engine.scheduling.sequence import SequenceStatus
 from nanovllm_tui.engine.serving.thread_service import EngineService
+
+pytestmark = pytest.mark.slow  # abort storm: thousands of requests
 
 N = 200
 OPTS = dict(

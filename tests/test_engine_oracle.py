@@ -7,6 +7,8 @@ from engine_helpers import check_clean, hf_greedy, mixed_prompts
 
 from nanovllm_tui.engine import LLM, SamplingParams
 
+pytestmark = pytest.mark.slow  # transformers oracles: each case loads transformers and the demo model
+
 MAX_NEW = 12
 PROMPTS = mixed_prompts()
 

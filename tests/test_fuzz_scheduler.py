@@ -23,6 +23,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 
 from nanovllm_tui.engine.sampling_params import SamplingParams
 
+pytestmark = pytest.mark.slow  # 2,000 fuzz examples
+
 BLOCK = 16
 PROFILES = {
     "ci": dict(max_examples=2000, stateful_step_count=25),

@@ -8,6 +8,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 from test_cli import assert_one_line_error, copy_model, run_cli, run_cli_on_terminal
 
+pytestmark = pytest.mark.slow  # each case starts the CLI on a pty and loads a model
+
 WEIGHTS = "model.safetensors"
 
 

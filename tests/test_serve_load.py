@@ -13,6 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_serve import API_KEY, MODEL, client, http, scrape, server, value
 
+pytestmark = pytest.mark.slow  # 64 concurrent HTTP streams against a server subprocess
+
 __all__ = ["client", "server"]  # fixtures used here
 
 

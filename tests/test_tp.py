@@ -17,6 +17,8 @@ from conftest import TINY_CONFIGS, make_tiny_qwen3
 from nanovllm_tui.engine import LLM, SamplingParams
 from nanovllm_tui.engine.tp.runner import EngineDeadError
 
+pytestmark = pytest.mark.slow  # tensor parallelism: spawns gloo worker processes
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 KW = dict(kvcache_block_size=16, max_model_len=256)
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
