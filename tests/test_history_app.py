@@ -1,101 +1,43 @@
 """Saved chats in the real app (App.run_test + Pilot, a real engine over a tiny Qwen3, a real SQLite file): chat,
-quit, restart and the chat is back; stop, regenerate, search, rename, delete, export, copy; a history file that
-cannot be used turns history off with one line."""
+quit, restart and the chat is back with its settings; answers saved with their outcome and timings, stopped and
+regenerated; kill -9 while an answer streams; two apps on one file."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
-import time
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Input, TextArea
+from history_helpers import answered, history_app, notes, run, saved, send, start_service, tab_label, wait_for
+from textual.widgets import Input, TextArea
 
 from nanovllm_tui.app.app import NanoVllmApp
 from nanovllm_tui.app.history.chat_history import ChatHistory
-from nanovllm_tui.app.history.export import message_line, when
 from nanovllm_tui.app.history.panes import SystemPromptView
 from nanovllm_tui.app.history.paths import resolve
-from nanovllm_tui.app.history.store import HistoryStore
-from nanovllm_tui.app.screens.messages import MessagePicker
-from nanovllm_tui.app.screens.sessions import ConfirmScreen, RenameScreen, SessionsScreen
 from nanovllm_tui.app.screens.settings import SettingsScreen
 from nanovllm_tui.app.session import SessionSettings
 from nanovllm_tui.app.widgets.chat import AnswerView, UserMessage
-from nanovllm_tui.engine import LLM
-from nanovllm_tui.engine.serving.thread_service import EngineService
 
 
 @pytest.fixture(scope="module")
 def service(tiny_qwen3_gqa_dir):
-    """One engine for every app here (the apps do not own it: a restart is about the history, not the engine)."""
-    llm = LLM(str(tiny_qwen3_gqa_dir), kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=128)
-    svc = EngineService(llm)
+    svc = start_service(tiny_qwen3_gqa_dir)
     yield svc
     svc.shutdown()
 
 
 @pytest.fixture
 def make_app(service, tmp_path):
-    """An app whose history is `path` (tmp_path/h.sqlite3 by default), reopening up to `reopen` chats."""
-
     def make(path: Path | None = None, reopen: int = 3, max_tokens: int = 10) -> NanoVllmApp:
-        history = ChatHistory.open(resolve(str(path or tmp_path / "h.sqlite3"), False, {}))
-        return NanoVllmApp(
-            service,
-            dataclasses.replace(service.engine_info(), model="tiny-qwen3"),
-            default_settings=SessionSettings(temperature=0.0, max_tokens=max_tokens),
-            history=history,
-            reopen=reopen,
-        )
+        return history_app(service, path or tmp_path / "h.sqlite3", reopen, max_tokens)
 
     return make
-
-
-async def wait_for(pilot, cond, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            chats = {n: (s.busy, s.messages) for n, s in pilot.app.sessions.items()}
-            raise AssertionError(f"timed out waiting for {what}; chats {chats}")
-        await pilot.pause(0.02)
-
-
-async def send(pilot, text: str) -> None:
-    app = pilot.app
-    await wait_for(pilot, lambda: app.active_pane() is not None and app.focused is app.active_pane().prompt)
-    keys = [key for line in text.split("\n") for key in (*line, "ctrl+j")][:-1]  # ctrl+j: a newline
-    await pilot.press(*keys, "enter")
-
-
-async def answered(pilot, number: int, turns: int) -> None:
-    app = pilot.app
-    await wait_for(
-        pilot,
-        lambda: not app.sessions[number].busy and len(app.sessions[number].messages) == turns,
-        what=f"{turns} turns in chat {number}",
-    )
-
-
-def saved(app: NanoVllmApp):
-    """The history as the store sees it once the writer has caught up."""
-    writer = app.history.history.writer
-    assert writer is not None and writer.flush(10)
-    return writer.submit(lambda store: [store.load(r.id) for r in store.list_sessions()]).result(10)
-
-
-def tab_label(app: NanoVllmApp, number: int) -> str:
-    return app.screen_stack[0].query_one("#sessions").get_tab(f"session-{number}").label_text
-
-
-def notes(app: NanoVllmApp) -> list[str]:
-    return [n.message for n in app._notifications]
-
-
-def run(coro) -> None:
-    asyncio.run(coro)
 
 
 def test_chat_quit_restart_brings_the_chat_back(make_app):
@@ -171,150 +113,6 @@ def test_answers_saved_with_outcome_timings_stop_and_regenerate(make_app):
     run(scenario())
 
 
-def test_sessions_screen_search_rename_delete_open(make_app, tmp_path):
-    store = HistoryStore.open(tmp_path / "h.sqlite3")  # an older chat, closed, to find and open
-    from nanovllm_tui.app.history.records import MessageRecord, SessionRecord
-
-    store.create_session(SessionRecord("old", "About paging", 1.0, 1.0, "tiny"))
-    store.add_message("old", MessageRecord("user", "explain the block table", created_at=2.0))
-    store.close()
-
-    async def scenario():
-        app = make_app(reopen=0)
-        async with app.run_test(size=(140, 44)) as pilot:
-            await send(pilot, "zebra question")
-            await answered(pilot, 1, 2)
-            saved(app)
-            await pilot.press("ctrl+o")
-            await wait_for(pilot, lambda: isinstance(app.screen, SessionsScreen))
-            screen = app.screen
-            table = screen.query_one(DataTable)
-            await wait_for(pilot, lambda: table.row_count == 2, what="both chats listed")
-            await pilot.press(*"BLOCK TABLE")  # message text, any case
-            await wait_for(pilot, lambda: table.row_count == 1 and screen.records[0].uid == "old", what="search")
-            await pilot.press("f2")  # rename it
-            await wait_for(pilot, lambda: isinstance(app.screen, RenameScreen))
-            app.screen.query_one(Input).value = "Paging, renamed"
-            await pilot.press("enter")
-            await wait_for(pilot, lambda: screen.records and screen.records[0].title == "Paging, renamed")
-            await pilot.press("enter")  # open it in a tab
-            await wait_for(pilot, lambda: len(app.sessions) == 2, what="the old chat opened")
-            assert app.sessions[2].messages == [{"role": "user", "content": "explain the block table"}]
-            await wait_for(pilot, lambda: tab_label(app, 2) == "Paging, renamed")
-            # Delete: refused while the chat is open in a tab, done after a confirmation once it is closed.
-            await pilot.press("ctrl+o")
-            await wait_for(pilot, lambda: isinstance(app.screen, SessionsScreen))
-            screen = app.screen
-            await pilot.press(*"zebra")
-            await wait_for(pilot, lambda: screen.query_one(DataTable).row_count == 1 and screen.records[0].uid != "old")
-            await pilot.press("f8")
-            assert "close its tab first" in str(screen.query_one("#sessions-status").render())
-            await pilot.press("escape")
-            await wait_for(pilot, lambda: not isinstance(app.screen, SessionsScreen))
-            await pilot.press("alt+1")
-            await app.action_close_session()  # (ctrl+w deletes a word while the prompt has the focus)
-            await wait_for(pilot, lambda: list(app.sessions) == [2], what="chat 1 closed")
-            await pilot.press("ctrl+o")
-            await wait_for(pilot, lambda: isinstance(app.screen, SessionsScreen))
-            screen = app.screen
-            await pilot.press(*"zebra")
-            await wait_for(pilot, lambda: screen.query_one(DataTable).row_count == 1)
-            await pilot.press("f8")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-            await pilot.press("y")
-            await wait_for(pilot, lambda: screen.query_one(DataTable).row_count == 0, what="deleted")
-            await pilot.press("escape")
-            assert [r.title for r in saved(app)] == ["Paging, renamed"]
-
-    run(scenario())
-
-
-def test_export_and_copy(make_app, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-    async def scenario():
-        app = make_app(max_tokens=6)
-        async with app.run_test(size=(140, 44)) as pilot:
-            await send(pilot, "Sort a list?")
-            await answered(pilot, 1, 2)
-            answer_text = app.sessions[1].messages[1]["content"]
-            await pilot.press("ctrl+s")
-            await wait_for(pilot, lambda: len(list(tmp_path.glob("chat-1-*"))) == 2, what="the exports")
-            (record,) = saved(app)
-            md = (tmp_path / "chat-1-sort-a-list.md").read_text()
-            assert md == (
-                f"# Sort a list?\n\n- session: 1\n- model: tiny-qwen3\n"
-                f"- created: {when(record.created_at)} · updated: {when(record.updated_at)}\n"
-                "- settings: temperature 0 · top_p 0.95 · top_k -1 · max_tokens 6 · seed none · thinking on\n\n"
-                "## System\n\nYou are a helpful assistant.\n\n## User\n\nSort a list?\n\n"
-                f"## Assistant\n\n{answer_text}\n\n*{message_line(record.messages[1])}*\n"
-            )
-            assert "6 tokens" in message_line(record.messages[1])
-            assert json.loads((tmp_path / "chat-1-sort-a-list.json").read_text()) == {
-                "model": "tiny-qwen3",
-                "messages": [
-                    {"role": "system", "content": "You are a helpful assistant."},
-                    {"role": "user", "content": "Sort a list?"},
-                    {"role": "assistant", "content": answer_text},
-                ],
-                "temperature": 0.0,
-                "top_p": 0.95,
-                "max_tokens": 6,
-            }
-            await pilot.press("ctrl+y")  # the last answer
-            assert app.clipboard == answer_text
-            await pilot.press("f8")  # a chosen message: the question
-            await wait_for(pilot, lambda: isinstance(app.screen, MessagePicker))
-            await pilot.press("up", "enter")
-            await wait_for(pilot, lambda: app.clipboard == "Sort a list?", what="the question copied")
-
-    run(scenario())
-
-
-def test_titles_from_hostile_text_are_inert(make_app):
-    async def scenario():
-        app = make_app(max_tokens=4)
-        async with app.run_test(size=(140, 44)) as pilot:
-            await app.pane_of(1).send("clear \x1b[2J\x1b]0;t\x07 now")
-            await answered(pilot, 1, 2)
-            await wait_for(pilot, lambda: tab_label(app, 1) == "clear ␛[2J␛]0;t␇ now", what="an inert tab title")
-            (record,) = saved(app)
-            assert record.title == "clear ␛[2J␛]0;t␇ now"
-            assert record.messages[0].content == "clear \x1b[2J\x1b]0;t\x07 now"  # the text itself is kept as sent
-
-    run(scenario())
-
-
-@pytest.mark.parametrize("kind", ["garbage", "newer"])
-def test_unusable_history_file_turns_history_off_with_one_line(make_app, tmp_path, kind):
-    path = tmp_path / "h.sqlite3"
-    if kind == "garbage":
-        path.write_bytes(b"not a database\n" * 300)
-    else:
-        import sqlite3
-
-        conn = sqlite3.connect(path)
-        conn.executescript("CREATE TABLE future (x); PRAGMA user_version = 42;")
-        conn.close()
-    before = path.read_bytes()
-
-    async def scenario():
-        app = make_app(path)
-        async with app.run_test(size=(140, 44)) as pilot:
-            await wait_for(pilot, lambda: any("history is off" in n for n in notes(app)), what="the notice")
-            (line,) = [n for n in notes(app) if "history is off" in n]
-            assert "\n" not in line and str(path) in line and "left as it is" in line
-            await send(pilot, "still works")  # chats work, in memory
-            await answered(pilot, 1, 2)
-            await pilot.press("ctrl+o")
-            await wait_for(pilot, lambda: isinstance(app.screen, SessionsScreen))
-            status = app.screen.query_one("#sessions-status")
-            await wait_for(pilot, lambda: "history is off" in str(status.render()), what="the screen says why")
-
-    run(scenario())
-    assert path.read_bytes() == before
-
-
 APP_CHILD = """
 import asyncio, dataclasses, os, sys, time
 from nanovllm_tui.app.app import NanoVllmApp
@@ -357,12 +155,6 @@ asyncio.run(main())
 
 
 def test_kill_9_while_an_answer_streams_keeps_every_completed_message(make_app, tiny_qwen3_gqa_dir, tmp_path):
-    import os
-    import signal
-    import sqlite3
-    import subprocess
-    import sys
-
     path = tmp_path / "h.sqlite3"
     child = subprocess.Popen(
         [sys.executable, "-c", APP_CHILD, str(tiny_qwen3_gqa_dir), str(path)],
@@ -396,3 +188,32 @@ def test_kill_9_while_an_answer_streams_keeps_every_completed_message(make_app, 
             await answered(pilot, 1, 5)
 
     run(restart())
+
+
+def test_a_second_app_on_the_same_file_works_and_leaves_the_first_ones_chats(make_app, tmp_path):
+    from nanovllm_tui.app.history.records import MessageRecord, SessionRecord
+
+    first = ChatHistory.open(resolve(str(tmp_path / "h.sqlite3"), False, {}))  # a running app holds the file
+    assert first.writer is not None
+
+    def seed(store) -> None:
+        store.create_session(SessionRecord("first", "open in the first app", 1.0, 1.0, "tiny", is_open=True))
+        store.add_message("first", MessageRecord("user", "hello from the first", created_at=2.0))
+
+    first.writer.submit(seed).result(10)
+
+    async def scenario():
+        app = make_app()
+        async with app.run_test(size=(140, 44)) as pilot:
+            await wait_for(pilot, lambda: any("another nanovllm-tui is using it" in n for n in notes(app)))
+            assert list(app.sessions) == [1] and app.sessions[1].messages == []  # the first app's chat stays there
+            await send(pilot, "from the second")
+            await answered(pilot, 1, 2)
+            assert sorted(r.title for r in saved(app)) == ["from the second", "open in the first app"]
+
+    try:
+        run(scenario())
+        titles = first.writer.submit(lambda store: [r.title for r in store.list_sessions()]).result(10)
+        assert sorted(titles) == ["from the second", "open in the first app"]  # the first app sees it too
+    finally:
+        first.close()
