@@ -1,4 +1,5 @@
-"""SVG snapshot of the sessions screen over a seeded history (fixed times, UTC), in the real app.
+"""SVG snapshot of the sessions screen over a seeded history (fixed times, UTC), in the real app; 100 columns, so
+the live dashboard (its own screen below 120) is not behind it.
 
 Regenerate after a deliberate UI change:  python -m pytest tests/test_history_snapshots.py --snapshot-update
 """
@@ -72,4 +73,4 @@ def test_sessions_screen(snap_compare, app):
             widget.cursor_blink = False
         await pilot.pause(0.2)
 
-    assert snap_compare(app, terminal_size=(120, 36), run_before=run_before)
+    assert snap_compare(app, terminal_size=(100, 32), run_before=run_before)
