@@ -11,7 +11,9 @@
 #
 # Environment: OUT (default ./bench-out), CONFIG (default benchmarks/configs/qwen3-0.6b.json), CONCURRENCY (64),
 # BLOCK (256, as scripts/bench_gpu.sh), WORKLOAD (workload flags, default none = the online default),
-# ENGINE (extra engine flags for both runs), READY_TIMEOUT (seconds to wait for the server's engine, 900).
+# ENGINE (extra engine flags for both runs), SERVE_FLAGS (flags for serve only, e.g. --engine-thread: the engine on
+# a thread of the server, as bench online runs it, instead of a child process that ships its outputs every 15 ms),
+# READY_TIMEOUT (seconds to wait for the server's engine, 900).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-out}
@@ -59,8 +61,9 @@ say "model $MODEL ($CONFIG); engine flags: $ENGINE"
 
 # A background job of a script starts with SIGINT ignored, and serve stops on SIGTERM by raising SIGINT: give the
 # server back the default SIGINT so SIGTERM stops it.
-say "serve: python3 -m nanovllm_tui serve --headless --port 0 --model $MODEL $ENGINE"
-(trap - INT; exec python3 -m nanovllm_tui serve --headless --port 0 --model "$MODEL" $ENGINE) > "$SERVER_LOG" 2>&1 &
+SERVE_FLAGS=${SERVE_FLAGS:-}
+say "serve: python3 -m nanovllm_tui serve --headless --port 0 --model $MODEL $ENGINE $SERVE_FLAGS"
+(trap - INT; exec python3 -m nanovllm_tui serve --headless --port 0 --model "$MODEL" $ENGINE $SERVE_FLAGS) > "$SERVER_LOG" 2>&1 &
 SERVER=$!
 stop_server() {  # SIGTERM, then SIGKILL if it has not exited within 60 s
     kill -0 "$SERVER" 2>/dev/null || return 0
