@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
     if threading.current_thread() is threading.main_thread():
+        # A shell starts a background job with SIGINT ignored; SIGTERM works by raising SIGINT, so take it back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _on_sigterm)
     server: BackgroundServer | None = None
     try:
