@@ -48,10 +48,15 @@ class BenchScreen(Screen[None]):
     """Shows the app's current BenchRun (the app owns it, so it keeps running when this screen is closed)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "app.pop_screen", "Back to chat"),
+        Binding("escape", "back_to_chat", "Back to chat"),
         Binding("ctrl+s", "run", "Run"),
         Binding("ctrl+x", "stop_run", "Stop run"),
     ]
+
+    def action_back_to_chat(self) -> None:
+        """Back to the chats, not to the screen below (the benchmark may have been opened from the dashboard)."""
+        while len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
 
     def __init__(self, info: EngineInfo):
         super().__init__()

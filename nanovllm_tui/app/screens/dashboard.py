@@ -14,9 +14,14 @@ from textual.widgets import Footer
 
 class DashboardScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "app.pop_screen", "Back to chat"),
+        Binding("escape", "back_to_chat", "Back to chat"),
         Binding("f3", "app.pop_screen", "Back"),
     ]
+
+    def action_back_to_chat(self) -> None:
+        """Back to the chats, not to the screen below (the benchmark may have been opened from the dashboard)."""
+        while len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
 
     def __init__(self, dashboard: Widget):
         super().__init__()

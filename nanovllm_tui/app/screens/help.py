@@ -18,6 +18,9 @@ APP_BINDINGS: list[BindingType] = [
     Binding("ctrl+w", "close_session", "Close chat"),
     Binding("ctrl+tab", "next_session", "Next chat", show=False),
     Binding("ctrl+shift+tab", "prev_session", "Prev chat", show=False),
+    # ctrl+tab and alt+N never reach the app in tmux and many terminals; these do.
+    Binding("ctrl+pagedown,f10", "next_session", "Next chat", show=False),
+    Binding("ctrl+pageup,f9", "prev_session", "Prev chat", show=False),
     *[Binding(f"alt+{i}", f"switch_session({i})", f"Chat {i}", show=False) for i in range(1, 10)],
     Binding("f1", "help", "Help"),
     Binding("f2", "settings", "Settings"),
@@ -33,8 +36,8 @@ APP_BINDINGS: list[BindingType] = [
 PALETTE: list[tuple[str, str, str]] = [
     ("New chat", "Open a new chat session (ctrl+n)", "new_session"),
     ("Close chat", "Close the current chat session (ctrl+w)", "close_session"),
-    ("Next chat", "Switch to the next chat (ctrl+tab)", "next_session"),
-    ("Previous chat", "Switch to the previous chat (ctrl+shift+tab)", "prev_session"),
+    ("Next chat", "Switch to the next chat (ctrl+pagedown, f10)", "next_session"),
+    ("Previous chat", "Switch to the previous chat (ctrl+pageup, f9)", "prev_session"),
     ("Stop answer", "Abort the answer being generated (esc)", "stop"),
     ("Regenerate", "Ask again for the last answer (ctrl+r)", "regenerate"),
     ("Copy answer", "Copy the last answer to the clipboard (ctrl+y)", "copy"),
@@ -65,7 +68,8 @@ Chat in several sessions at once; the dashboard shows how the engine batches the
 | ctrl+o | saved chats: search, open, rename, delete |
 | ctrl+s | export this chat as Markdown and OpenAI JSON (into the working directory) |
 | ctrl+n / ctrl+w | new chat / close chat |
-| ctrl+tab / ctrl+shift+tab, alt+1..9 | next / previous chat, chat by number |
+| ctrl+pagedown / ctrl+pageup, f10 / f9 | next / previous chat (also ctrl+tab / ctrl+shift+tab) |
+| alt+1..9 | chat by number (where the terminal sends alt) |
 | f2 | session settings (system prompt, sampling, thinking) |
 | f3 | full-screen dashboard |
 | f4 | switch scheduling policy (mixed / prefill_first) |

@@ -1,0 +1,122 @@
+"""Issue 20's keys: every footer key works from the prompt box, chat switching with keys terminals send, Esc semantics."""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+
+from nanovllm_tui.app.screens.bench import BenchScreen
+from nanovllm_tui.app.screens.dashboard import DashboardScreen
+from nanovllm_tui.app.screens.help import APP_BINDINGS, HelpScreen
+from nanovllm_tui.app.screens.settings import SettingsScreen
+from tests.test_app import make_app, run, wait_for  # noqa: F401 (make_app is a fixture)
+
+
+async def prompt_focused(pilot) -> None:
+    app = pilot.app
+    await wait_for(pilot, lambda: app.active_pane() is not None and app.focused is app.active_pane().prompt)
+
+
+def test_every_footer_key_works_from_the_prompt_box(make_app):  # noqa: F811
+    shown = {b.key for b in APP_BINDINGS if isinstance(b, Binding) and b.show}
+    tested: set[str] = set()
+
+    async def scenario():
+        app = make_app(max_tokens=4)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await prompt_focused(pilot)
+
+            async def press(key: str) -> None:
+                assert app.focused is app.active_pane().prompt, f"{key}: the prompt lost the focus"
+                tested.add(key)
+                await pilot.press(key)
+
+            await press("ctrl+n")
+            await wait_for(pilot, lambda: len(app.sessions) == 2, what="ctrl+n opened a chat")
+            await prompt_focused(pilot)
+            await press("ctrl+w")  # TextArea's delete-word-left must not win
+            await wait_for(pilot, lambda: len(app.sessions) == 1, what="ctrl+w closed the chat")
+            await prompt_focused(pilot)
+            await pilot.press(*"hi", "enter")
+            session = app.sessions[min(app.sessions)]
+            await wait_for(pilot, lambda: not session.busy and len(session.messages) == 2, what="an answer")
+            await press("ctrl+r")
+            await wait_for(pilot, lambda: session.num_requests == 2, what="ctrl+r regenerated")
+            await wait_for(pilot, lambda: not session.busy, what="the regenerated answer")
+            notes = len(app._notifications)
+            await press("ctrl+y")  # TextArea's redo must not win
+            await wait_for(pilot, lambda: len(app._notifications) > notes, what="ctrl+y copied")
+            assert "copied" in list(app._notifications)[-1].message
+            for key, screen in [("f1", HelpScreen), ("f2", SettingsScreen), ("f3", DashboardScreen)]:
+                await press(key)
+                await wait_for(pilot, lambda screen=screen: isinstance(app.screen, screen), what=f"{key} screen")
+                await pilot.press("escape")
+                await wait_for(pilot, lambda: len(app.screen_stack) == 1, what=f"{key} closed by esc")
+                await prompt_focused(pilot)
+            policy = app.policy
+            await press("f4")
+            assert app.policy != policy
+            await press("f5")
+            await wait_for(pilot, lambda: isinstance(app.screen, BenchScreen), what="f5 bench screen")
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: len(app.screen_stack) == 1, what="bench closed")
+            await prompt_focused(pilot)
+            depth = len(app.screen_stack)
+            await press("ctrl+o")
+            await wait_for(pilot, lambda: len(app.screen_stack) > depth, what="ctrl+o saved chats")
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: len(app.screen_stack) == 1, what="saved chats closed")
+            await prompt_focused(pilot)
+            tested.add("ctrl+s")  # export writes into the cwd: covered by tests/test_history_app.py
+            tested.add("escape")  # stopping an answer: test_escape_stops_generation_and_frees_blocks
+
+    run(scenario())
+    assert shown <= tested, f"footer keys without a test from the prompt box: {shown - tested}"
+
+
+def test_chat_switching_keys_that_terminals_send(make_app):  # noqa: F811
+    async def scenario():
+        app = make_app()
+        async with app.run_test(size=(160, 50)) as pilot:
+            await prompt_focused(pilot)
+            await pilot.press("ctrl+n")
+            await wait_for(pilot, lambda: len(app.sessions) == 2, what="two chats")
+            await prompt_focused(pilot)
+            first, second = sorted(app.sessions)
+            assert app.active_pane().session.number == second
+            for key, number in [("ctrl+pageup", first), ("ctrl+pagedown", second), ("f9", first), ("f10", second)]:
+                await pilot.press(key)
+                await wait_for(pilot, lambda n=number: app.active_pane().session.number == n, what=f"{key}")
+                await prompt_focused(pilot)
+
+    run(scenario())
+
+
+def test_esc_closing_a_dialog_does_not_stop_the_answer_and_bench_goes_back_to_chat(make_app):  # noqa: F811
+    async def scenario():
+        app = make_app(max_tokens=400)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await prompt_focused(pilot)
+            await pilot.press(*"tell me", "enter")
+            session = app.sessions[min(app.sessions)]
+            await wait_for(pilot, lambda: session.busy, what="an answer running")
+            handle = session.handle
+            await pilot.press("f1")
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: len(app.screen_stack) == 1, what="help closed")
+            await pilot.pause(0.3)
+            assert handle.finish_reason != "abort", "the Esc that closed the dialog also stopped the answer"
+            await prompt_focused(pilot)
+            await pilot.press(*"draft")
+            await pilot.press("f3")
+            await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), what="dashboard")
+            await pilot.press("f5")
+            await wait_for(pilot, lambda: isinstance(app.screen, BenchScreen), what="bench")
+            await pilot.press("escape")  # the footer says "Back to chat": not back to the dashboard
+            await wait_for(pilot, lambda: len(app.screen_stack) == 1, what="back to the chat")
+            await prompt_focused(pilot)
+            assert app.active_pane().prompt.text == "draft"
+            app.active_pane().stop()
+            await wait_for(pilot, lambda: not session.busy, what="the answer stopped")
+
+    run(scenario())
