@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from textual import events
 from textual.binding import Binding
 
 from nanovllm_tui.app.screens.bench import BenchScreen
@@ -118,5 +119,22 @@ def test_esc_closing_a_dialog_does_not_stop_the_answer_and_bench_goes_back_to_ch
             assert app.active_pane().prompt.text == "draft"
             app.active_pane().stop()
             await wait_for(pilot, lambda: not session.busy, what="the answer stopped")
+
+    run(scenario())
+
+
+def test_paste_arrives_as_typed_with_control_bytes_inert_and_keeps_the_focus(make_app):  # noqa: F811
+    async def scenario():
+        app = make_app()
+        async with app.run_test(size=(160, 50)) as pilot:
+            await prompt_focused(pilot)
+            prompt = app.active_pane().prompt
+            await pilot.press(*"> ")
+            prompt.post_message(events.Paste("A \x1b[31mRED\x1b[0m B\tC\r\nnext 👍"))
+            await wait_for(pilot, lambda: "next" in prompt.text, what="the paste")
+            assert prompt.text == "> A ␛[31mRED␛[0m B\tC\nnext 👍"
+            assert app.focused is prompt
+            await pilot.press(*"!")  # the cursor is after the paste
+            assert prompt.text.endswith("👍!")
 
     run(scenario())

@@ -50,6 +50,14 @@ class PromptInput(TextArea):
             event.prevent_default()
             self.action_newline()
 
+    async def _on_paste(self, event: events.Paste) -> None:
+        # Runs before TextArea._on_paste: a paste arrives as one insert at the cursor, line endings as
+        # newlines, tabs kept, other control bytes (escape sequences) as visible symbols, never live.
+        event.stop()
+        event.prevent_default()
+        if not self.read_only:
+            self.replace(inert(event.text.replace("\r\n", "\n").replace("\r", "\n")), *self.selection)
+
     def action_send(self) -> None:
         self.post_message(self.Submitted(self, self.text))
 
