@@ -35,6 +35,13 @@ class SamplingParams:
     stop: list[str] | str | None = None
     stop_token_ids: list[int] | None = None
     seed: int | None = None
+    # vLLM's meanings: repetition divides positive / multiplies negative logits of every token seen (prompt
+    # and output); presence and frequency subtract from output tokens' logits; min_p drops tokens whose
+    # probability is below min_p times the most likely token's.
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_p: float = 0.0
 
     def __post_init__(self) -> None:
         # Frozen: the normalised values are set through object.__setattr__, once, here.
@@ -64,6 +71,17 @@ class SamplingParams:
             if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
                 raise ValueError(f"seed={self.seed!r} must be a 64-bit integer in [-2**63, 2**64 - 1] or None")
             set_(self, "seed", seed)
+        _penalties(self)
+
+    @property
+    def penalized(self) -> bool:
+        """Whether any penalty or min_p is on (the batch then samples on the torch path)."""
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.min_p > 0.0
+        )
 
     @property
     def greedy(self) -> bool:
@@ -73,6 +91,24 @@ class SamplingParams:
     def stop_strings(self) -> list[str]:
         """The stop strings as validated (a list, empty for none)."""
         return self.stop if isinstance(self.stop, list) else []
+
+
+def _penalties(sp: SamplingParams) -> None:
+    """Validate and normalise the penalties and min_p (ValueError naming the field and its range)."""
+    set_ = object.__setattr__
+    r = _real("repetition_penalty", sp.repetition_penalty, "a number > 0 (1 = off)")
+    if not 0.0 < r <= FLOAT32_MAX:
+        raise ValueError(f"repetition_penalty={sp.repetition_penalty!r} must be a number > 0 (1 = off)")
+    set_(sp, "repetition_penalty", r)
+    for name in ("presence_penalty", "frequency_penalty"):
+        v = _real(name, getattr(sp, name), "a number in [-2, 2] (0 = off)")
+        if not -2.0 <= v <= 2.0:
+            raise ValueError(f"{name}={getattr(sp, name)!r} must be in [-2, 2] (0 = off)")
+        set_(sp, name, v)
+    m = _real("min_p", sp.min_p, "a number in [0, 1] (0 = off)")
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"min_p={sp.min_p!r} must be in [0, 1] (0 = off)")
+    set_(sp, "min_p", m)
 
 
 def _real(name: str, value: Any, allowed: str) -> float:

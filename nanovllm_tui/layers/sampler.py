@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nanovllm_tui.kernels.sample_ref import MIN_TEMPERATURE
+from nanovllm_tui.layers.penalties import Penalties, apply_min_p, apply_penalties
 
 
 class Sampler(nn.Module):
@@ -34,6 +35,7 @@ class Sampler(nn.Module):
         all_greedy: bool | None = None,
         seeds: torch.Tensor | None = None,
         offsets: torch.Tensor | None = None,
+        penalties: Penalties | None = None,
     ) -> torch.Tensor:
         """all_greedy: the caller already knows every row is greedy (saves a device-to-host read).
 
@@ -41,9 +43,12 @@ class Sampler(nn.Module):
         its seed and the position of the token being sampled). Passing seeds opts in to the fused CUDA
         kernel (which ignores `generators`) and to flagging: rows whose scores (logits / T, what is sampled
         from) have a NaN or inf come back as -1 on every path, so the caller needs no isfinite pass of its
-        own. Without seeds nothing changes.
+        own. Without seeds nothing changes. penalties: applied before everything else (greedy rows included,
+        as in vLLM); such a batch always takes the torch path.
         """
-        if seeds is not None:
+        if penalties is not None:
+            logits = apply_penalties(logits.float(), penalties)
+        elif seeds is not None:
             fused = fused_sampler() if logits.is_cuda and top_ks is None and top_ps is None else None
             if fused is not None:
                 return fused(logits, temperatures.float(), seeds, offsets)
@@ -66,6 +71,8 @@ class Sampler(nn.Module):
         temps = torch.where(greedy_rows, torch.ones_like(temperatures), temperatures)
         logits = logits / temps.unsqueeze(1)
         finite = torch.isfinite(logits).all(dim=-1) if flag else None
+        if penalties is not None and penalties.min_p is not None:
+            logits = apply_min_p(logits, penalties.min_p)
         if top_ks is not None:
             logits = _apply_top_k(logits, top_ks)
         if top_ps is not None:

@@ -20,6 +20,7 @@ from nanovllm_tui.kernels.metadata import AttentionMetadata
 from nanovllm_tui.layers.attention import Attention
 from nanovllm_tui.layers.compiled import compile_small_ops
 from nanovllm_tui.layers.parallel_state import get_tp_rank, get_tp_size
+from nanovllm_tui.layers.penalties import build_penalties
 from nanovllm_tui.layers.sampler import Sampler
 from nanovllm_tui.models import get_model_class
 
@@ -178,6 +179,8 @@ class ModelRunner(StepRunner):
         )
         gens = self._generators(b.samplers)
         graphs = self.cuda_graphs
+        # Penalties need the token counts and the torch path (neither the fused kernel nor its graph has them).
+        penalized = any(s.sampling_params.penalized for s in b.samplers)
         return StepInputs(
             input_ids=t["input_ids"],
             positions=t["positions"],
@@ -193,9 +196,10 @@ class ModelRunner(StepRunner):
             graph_bucket=b.graph_bucket,
             graph_tokens=b.graph_tokens,
             num_rows=b.num_rows,
+            penalty_rows=b.samplers if penalized else None,
             # The sampling graph runs what sample_device would (the fused sampler: seeds, no top-k / top-p).
             graph_sample=bool(b.graph_bucket)
-            and not (b.use_top_k or b.use_top_p)
+            and not (b.use_top_k or b.use_top_p or penalized)
             and b.num_samples == b.num_rows
             and graphs is not None
             and graphs.can_sample(b.graph_bucket),
@@ -243,6 +247,9 @@ class ModelRunner(StepRunner):
             all_greedy=inputs.all_greedy,
             seeds=inputs.seeds,
             offsets=inputs.offsets,
+            penalties=None
+            if inputs.penalty_rows is None
+            else build_penalties(inputs.penalty_rows, logits.shape[1], logits.device),
         )
 
     def sample(self, logits: torch.Tensor, inputs: StepInputs) -> list[int]:

@@ -39,6 +39,7 @@ class StepInputs:
     graph_tokens: int = 0  # > 0: a mixed batch in the mixed graph of this many tokens; replay it
     num_rows: int = 0  # real rows (a graph bucket pads past them)
     graph_sample: bool = False  # a decode graph bucket whose sampling graph samples every row (see launch)
+    penalty_rows: list[Sequence] | None = None  # the sampled sequences when one has penalties or min_p
 
 
 @dataclass

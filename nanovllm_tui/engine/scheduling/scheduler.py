@@ -117,6 +117,8 @@ class Scheduler:
                     run.grew(i)
                 return items, None
         self._run = None
+        if any(seq.sampling_params.penalized for seq, _ in items):
+            return None  # penalties count every output token: the next step must wait for this one's tokens
         running = SequenceStatus.RUNNING
         live = [(i, seq) for i, (seq, _) in enumerate(items) if seq.status is running]
         if len(live) != len(self.running) or len(live) > self.max_num_batched_tokens:
