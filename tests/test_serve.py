@@ -182,6 +182,20 @@ def test_greedy_output_equals_llm_generate(client, demo_model_dir):
         assert got.choices[0].text == want["text"]
 
 
+def test_penalties_and_min_p_reach_the_sampler(client):
+    prompt = "one, two, three, one, two, three, one, two,"
+    extra = {"ignore_eos": True, "return_token_ids": True}
+
+    def ids(**kw: float) -> list[int]:
+        got = client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, temperature=0, extra_body={**extra, **kw})  # fmt: skip
+        return got.choices[0].model_extra["token_ids"]
+
+    plain = ids()
+    assert ids(min_p=0.5) == plain  # min_p never removes the most likely token
+    assert ids(repetition_penalty=1.5) != plain
+    assert ids(presence_penalty=2.0, frequency_penalty=1.0) != plain
+
+
 def test_bad_requests_get_openai_errors_and_the_server_survives(server, client):
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     cases = [
@@ -195,6 +209,8 @@ def test_bad_requests_get_openai_errors_and_the_server_survives(server, client):
         ("/v1/completions", {"model": MODEL, "prompt": [5] * 600}, 400, "prompt"),
         ("/v1/completions", {"model": MODEL, "prompt": [5] * 500, "max_tokens": 100}, 400, "prompt"),
         ("/v1/completions", {"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "top_p"),
+        ("/v1/completions", {"model": MODEL, "prompt": "hi", "presence_penalty": 3}, 400, None),
+        ("/v1/completions", {"model": MODEL, "prompt": "hi", "repetition_penalty": 0}, 400, None),
     ]
     with http(server) as c:
         for path, body, status, param in cases:

@@ -35,6 +35,7 @@ class SamplingFields(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
+    min_p: float | None = None  # vLLM's extension
     logit_bias: dict[str, float] | None = None
     return_token_ids: bool = False  # vLLM: the completion's token ids in each choice (and prompt_token_ids)
     user: str | None = None
@@ -47,17 +48,12 @@ class SamplingFields(BaseModel):
         return self.max_tokens
 
     def check_supported(self) -> None:
-        """400 for what this server does not do (one choice per request, no penalties or logit bias)."""
+        """400 for what this server does not do (one choice per request, no logit bias)."""
         if self.n != 1:
             raise bad_request(
                 f"n={self.n} is not supported; this server returns one choice per request (send n=1, or several requests)",
                 "n",
             )
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) not in (None, 0, 0.0):
-                raise bad_request(f"{name} is not supported; leave it out or send 0", name)
-        if self.repetition_penalty not in (None, 1, 1.0):
-            raise bad_request("repetition_penalty is not supported; leave it out or send 1", "repetition_penalty")
         if self.logit_bias:
             raise bad_request("logit_bias is not supported; leave it out", "logit_bias")
 
@@ -74,6 +70,10 @@ class SamplingFields(BaseModel):
                 stop=self.stop,
                 stop_token_ids=self.stop_token_ids,
                 seed=self.seed,
+                repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+                presence_penalty=self.presence_penalty or 0.0,
+                frequency_penalty=self.frequency_penalty or 0.0,
+                min_p=self.min_p or 0.0,
             )
         except ValueError as exc:
             raise bad_request(str(exc)) from None
