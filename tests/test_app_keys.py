@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 from textual import events
 from textual.binding import Binding
+from textual.widgets import Static
 
+from nanovllm_tui.app.app import NanoVllmApp
 from nanovllm_tui.app.screens.bench import BenchScreen
 from nanovllm_tui.app.screens.dashboard import DashboardScreen
 from nanovllm_tui.app.screens.help import APP_BINDINGS, HelpScreen
 from nanovllm_tui.app.screens.settings import SettingsScreen
+from nanovllm_tui.app.session import SessionSettings
+from nanovllm_tui.engine import LLM
+from nanovllm_tui.engine.serving.thread_service import EngineService
 from tests.test_app import make_app, run, wait_for  # noqa: F401 (make_app is a fixture)
 
 
@@ -138,3 +145,44 @@ def test_paste_arrives_as_typed_with_control_bytes_inert_and_keeps_the_focus(mak
             assert prompt.text.endswith("👍!")
 
     run(scenario())
+
+
+def test_a_chunked_prefill_shows_its_progress_until_the_first_token(tiny_qwen3_gqa_dir):
+    service = EngineService(
+        LLM(
+            str(tiny_qwen3_gqa_dir),
+            kvcache_block_size=16,
+            max_model_len=2048,
+            num_kvcache_blocks=160,
+            max_num_batched_tokens=16,
+        )
+    )
+    app = NanoVllmApp(service, owns_service=True, default_settings=SessionSettings(temperature=0.0, max_tokens=4))
+    seen: set[str] = set()
+
+    async def scenario():
+        async with app.run_test(size=(160, 50)) as pilot:
+            await prompt_focused(pilot)
+            prompt = app.active_pane().prompt
+            prompt.post_message(events.Paste(" ".join(f"word{i}" for i in range(400))))
+            await wait_for(pilot, lambda: "word399" in prompt.text, what="the paste")
+            await pilot.press("enter")
+            session = app.sessions[min(app.sessions)]
+            await wait_for(pilot, lambda: session.num_requests == 1, what="submitted")
+
+            def done() -> bool:
+                answer = app.active_pane().answer
+                if answer is not None and answer.progress:
+                    seen.add(answer.progress)
+                return not session.busy
+
+            await wait_for(pilot, done, timeout=300, what="the answer")
+            answer = app.active_pane().answer
+            assert answer.progress == "" and "TTFT" in str(answer.query_one(".metrics", Static).render())
+            steps = [s for s in app.window.steps if s.prefilling]
+            assert steps and all(c < t for s in steps for _, c, t in s.prefilling)
+
+    run(scenario())
+    # The UI shows what it caught between steps (a tiny model prefills faster than the 12 Hz timer).
+    for line in seen:
+        assert re.fullmatch(r"prefilling [\d,]+ / [\d,]+ tokens", line), line

@@ -65,6 +65,9 @@ class StepStats:
     finished_request_ids: tuple[str, ...] = ()
     error: str | None = None
     block_map: BlockMap | None = None
+    # (request_id, prompt tokens computed, prompt tokens) of each request still prefilling after the step:
+    # a long prompt's progress shows before its first token.
+    prefilling: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def num_blocks_total(self) -> int:

@@ -44,6 +44,11 @@ def step_stats(
         finished_request_ids=tuple(o.request_id for o in outputs if o.finished),
         error=error,
         block_map=block_map,
+        prefilling=tuple(
+            (s.request_id, s.num_computed_tokens, s.num_prompt_tokens)
+            for s in scheduler.running
+            if s.num_computed_tokens < s.num_prompt_tokens
+        ),
     )
 
 

@@ -87,6 +87,7 @@ class AnswerView(Vertical):
         self._reasoning_dirty = False
         self._stream: MarkdownStream | None = None
         self.done = False
+        self.progress = ""  # "prefilling 1,024 / 3,661 tokens" until the first token
 
     def compose(self) -> ComposeResult:
         with Collapsible(title="reasoning", collapsed=True, classes="reasoning"):
@@ -107,7 +108,16 @@ class AnswerView(Vertical):
             self.reasoning += reasoning
             self._reasoning_dirty = True
 
+    def show_progress(self, computed: int, total: int) -> None:
+        """A long prompt's prefill progress, in the metrics line until the first token arrives."""
+        progress = f"prefilling {computed:,} / {total:,} tokens" if computed < total and not self.text else ""
+        if progress != self.progress:
+            self.progress = progress
+            self.query_one(".metrics", Static).update(Text(progress or "…", style="dim"))
+
     async def flush(self) -> None:
+        if self.progress and (self.text or self.reasoning):
+            self.show_progress(0, 0)
         if self._reasoning_dirty:
             self._reasoning_dirty = False
             fold = self.query_one(".reasoning", Collapsible)
@@ -222,6 +232,11 @@ class ChatPane(Vertical):
             self._status()
             return False
         if visible:
+            window = getattr(self.app, "window", None)  # the local engine's steps (None when attached)
+            step = window.latest if window is not None else None
+            for request_id, computed, total in step.prefilling if step is not None else ():
+                if request_id == handle.request_id:
+                    answer.show_progress(computed, total)
             await answer.flush()
         return True
 
