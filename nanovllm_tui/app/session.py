@@ -18,6 +18,10 @@ class SessionSettings:
     temperature: float = 0.7
     top_p: float = 0.95
     top_k: int = -1
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_p: float = 0.0
     max_tokens: int = 256
     seed: int | None = None
     thinking: bool = True  # Qwen3's enable_thinking; ignored by models without it
@@ -27,7 +31,15 @@ class SessionSettings:
         from nanovllm_tui.engine.sampling_params import SamplingParams
 
         return SamplingParams(
-            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, max_tokens=self.max_tokens, seed=self.seed
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            min_p=self.min_p,
         )
 
     def copy(self) -> SessionSettings:
@@ -69,3 +81,32 @@ def session_of(request_id: str | None) -> int | None:
         return None
     head = request_id[1:].split("-", 1)[0]
     return int(head) if head.isdigit() else None
+
+
+# What made the demo model (SmolLM2-135M-Instruct, no sampling keys in its generation_config.json) answer
+# "What is the capital of France?" sensibly: 0.7 / 0.95 wandered into French nonsense, greedy looped.
+FALLBACK_SAMPLING = {"temperature": 0.3, "top_p": 0.9, "repetition_penalty": 1.1}
+_GENERATION_KEYS = {"temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float, "min_p": float}
+
+
+def settings_for_model(model_dir: str | None) -> SessionSettings:
+    """Default session settings: the model's generation_config.json sampling values, else FALLBACK_SAMPLING."""
+    import json
+    import pathlib
+
+    found: dict[str, float | int] = {}
+    path = pathlib.Path(model_dir).expanduser() / "generation_config.json" if model_dir else None
+    try:
+        data = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    except (OSError, ValueError):
+        data = {}
+    for key, kind in _GENERATION_KEYS.items():
+        value = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[key] = kind(value)
+    settings = SessionSettings(**(found or FALLBACK_SAMPLING))
+    try:
+        settings.sampling_params()
+    except ValueError:  # a generation_config value our engine refuses: the fallback is known good
+        settings = SessionSettings(**FALLBACK_SAMPLING)  # type: ignore[arg-type]
+    return settings

@@ -1,4 +1,5 @@
-"""The session settings modal: system prompt and sampling (temperature, top_p, top_k, max_tokens, seed, thinking)."""
+"""The session settings modal: system prompt and sampling (temperature, top_p, top_k, min_p, penalties, max_tokens,
+seed, thinking)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,14 @@ class SettingsScreen(ModalScreen[SessionSettings | None]):
                 yield Input(f"{s.top_p:g}", id="top_p", compact=True)
                 yield Label("top_k (-1 off)")
                 yield Input(str(s.top_k), id="top_k", compact=True)
+                yield Label("min_p (0 off)")
+                yield Input(f"{s.min_p:g}", id="min_p", compact=True)
+                yield Label("repetition_penalty (1 off)")
+                yield Input(f"{s.repetition_penalty:g}", id="repetition_penalty", compact=True)
+                yield Label("presence_penalty (0 off)")
+                yield Input(f"{s.presence_penalty:g}", id="presence_penalty", compact=True)
+                yield Label("frequency_penalty (0 off)")
+                yield Input(f"{s.frequency_penalty:g}", id="frequency_penalty", compact=True)
                 yield Label("max_tokens")
                 yield Input(str(s.max_tokens), id="max_tokens", compact=True)
                 yield Label("seed (blank: none)")
@@ -64,6 +73,10 @@ class SettingsScreen(ModalScreen[SessionSettings | None]):
             temperature=number("temperature", float),
             top_p=number("top_p", float),
             top_k=number("top_k", int),
+            min_p=number("min_p", float),
+            repetition_penalty=number("repetition_penalty", float),
+            presence_penalty=number("presence_penalty", float),
+            frequency_penalty=number("frequency_penalty", float),
             max_tokens=number("max_tokens", int),
             seed=number("seed", int) if seed_raw else None,
             thinking=self.query_one("#thinking", Checkbox).value,
