@@ -146,10 +146,15 @@ def _run_app(service: Service, model_name: str, args: argparse.Namespace) -> Non
     from nanovllm_tui.app.app import NanoVllmApp
     from nanovllm_tui.app.history.chat_history import ChatHistory
     from nanovllm_tui.app.history.paths import resolve
+    from nanovllm_tui.app.session import settings_for_model
 
-    header = dataclasses.replace(service.engine_info(), model=model_name)
+    info = service.engine_info()  # info.model is the model dir; the header shows its name
+    header = dataclasses.replace(info, model=model_name)
     history = ChatHistory.open(resolve(args.history, args.no_history))  # never raises: off, with a reason
-    NanoVllmApp(service, header, owns_service=True, history=history, reopen=args.reopen).run()
+    defaults = settings_for_model(info.model)  # the model's generation_config.json sampling, else ours
+    NanoVllmApp(
+        service, header, owns_service=True, history=history, reopen=args.reopen, default_settings=defaults
+    ).run()
 
 
 def _start(args: argparse.Namespace) -> tuple[Service, str] | int:
