@@ -23,9 +23,6 @@ def test_hugging_face_kernels_package_is_not_shadowed():
 
 def test_import_nanovllm_tui_imports_no_torch_until_used():
     out = run(
-        "import sys, nanovllm_tui\n"
-        "print('torch' in sys.modules)\n"
-        "nanovllm_tui.LLM\n"
-        "print('torch' in sys.modules)"
+        "import sys, nanovllm_tui\nprint('torch' in sys.modules)\nnanovllm_tui.LLM\nprint('torch' in sys.modules)"
     )
     assert out.split() == ["False", "True"]
