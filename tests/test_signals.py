@@ -1,6 +1,6 @@
 """Ctrl+C / SIGTERM while the app generates: the real `nanovllm-tui` in a pseudo-terminal exits within
-5 s, leaves the alternate screen (terminal restored) and leaves no process behind, with and without
-tensor-parallel worker processes. SIGKILL of the app must not orphan its engine process or TP workers either.
+seconds (generous bounds: CI is a loaded 2-core machine), leaves the alternate screen (terminal restored) and
+leaves no process behind, with and without tensor-parallel worker processes. SIGKILL of the app must not orphan its engine process or TP workers either.
 SIGTERM while the model loads ends it too. Every wait is on an event (output, CPU time, exit) with a deadline."""
 
 from __future__ import annotations
@@ -125,15 +125,15 @@ def test_signal_during_generation_exits_cleanly(tiny_qwen3_gqa_dir, sig, tp):
         assert user_cpu() - idle >= 0.3, "no generation seems to be running"
         mark = len(app.out)
         os.kill(app.pid, sig)
-        took = app.wait_exit(10.0)
-        assert took < 5.0, f"still running {took:.1f} s after {sig.name}"
+        took = app.wait_exit(30.0)
+        assert took < 15.0, f"still running {took:.1f} s after {sig.name}"  # generous: CI is a loaded 2-core box
         assert app.status is not None
         if sig is not signal.SIGKILL:
             assert os.WIFEXITED(app.status) and os.WEXITSTATUS(app.status) == 0, app.status
             tail = bytes(app.out[mark:])
             assert ALT_SCREEN_OFF in tail, "the terminal was left on the alternate screen"
             assert b"Traceback" not in tail
-        assert not wait_gone(family, 5.0), "orphans"
+        assert not wait_gone(family, 15.0), "orphans"
     finally:
         app.kill()
 
@@ -165,11 +165,11 @@ def test_sigterm_while_loading_ends_the_app_and_its_engine(tiny_qwen3_gqa_dir):
         family = proc.children(recursive=True)
         assert family, "no engine process was started"
         os.kill(app.pid, signal.SIGTERM)
-        took = app.wait_exit(10.0)
-        assert took < 5.0, f"still running {took:.1f} s after SIGTERM"
+        took = app.wait_exit(30.0)
+        assert took < 15.0, f"still running {took:.1f} s after SIGTERM"
         assert app.status is not None and os.WIFEXITED(app.status), app.status
         assert os.WEXITSTATUS(app.status) in (0, 130), app.status
         assert b"Traceback" not in app.out
-        assert not wait_gone(family, 5.0), "orphans"
+        assert not wait_gone(family, 15.0), "orphans"
     finally:
         app.kill()

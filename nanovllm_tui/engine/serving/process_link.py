@@ -11,7 +11,8 @@ Contract:
   hands updates to the service (once the service said deliver()). No message at all (the child sends a
   heartbeat every 0.5 s) for heartbeat_timeout seconds (LOAD_SILENCE_S while loading) is reported once
   through on_lost, as is an unexpected EOF (the child died).
-- stop(timeout) returns within timeout + ~2 s: a "shutdown" command, then SIGTERM, then SIGKILL.
+- stop(timeout) returns within timeout (plus the reader's last read): a "shutdown" command, then SIGTERM,
+  then SIGKILL, each from what is left of the budget.
 """
 
 from __future__ import annotations
@@ -37,17 +38,24 @@ POLL_S = 0.25  # how often the reader looks at the clock when no message comes
 
 
 def _stop_process(proc: Any, outbox: queue.Queue, timeout: float) -> None:
-    """Ask the child to shut down, wait, then SIGTERM / SIGKILL it; idempotent (also the interpreter-exit hook)."""
+    """Ask the child to shut down, wait, then SIGTERM / SIGKILL it, all within `timeout` (at least 0.2 s);
+    idempotent (also the interpreter-exit hook)."""
+    deadline = time.monotonic() + max(timeout, 0.2)
+    reserve = min(0.5, max(timeout, 0.2) / 4)  # kept back for SIGTERM, then as much again for SIGKILL
+
+    def left(keep: float) -> float:
+        return max(0.0, deadline - keep - time.monotonic())
+
     if proc.is_alive():
         with contextlib.suppress(queue.Full):  # Full: the child stopped reading; it is killed below
-            outbox.put_nowait([("shutdown", timeout)])
-        proc.join(timeout + 1.0)
+            outbox.put_nowait([("shutdown", left(2 * reserve))])
+        proc.join(left(2 * reserve))
     if proc.is_alive():
         proc.terminate()
-        proc.join(0.5)
-    if proc.is_alive():  # stopped (SIGSTOP) or ignoring SIGTERM
+        proc.join(left(reserve))
+    if proc.is_alive():  # stopped (SIGSTOP) or ignoring SIGTERM; SIGKILL ends even a stopped process
         proc.kill()
-        proc.join(0.5)
+        proc.join(max(left(0.0), 0.05))
 
 
 class EngineProcess:
@@ -211,14 +219,14 @@ class EngineProcess:
 
     # -- stopping --------------------------------------------------------------------------------
     def stop(self, timeout: float) -> None:
-        """Stop the child (graceful within `timeout`, then killed) and the threads; returns within ~timeout + 2 s."""
+        """Stop the child (graceful within `timeout`, else killed) and the threads; returns within ~timeout."""
         self._stopping = True
         self._finalizer.cancel()
         _stop_process(self.proc, self._outbox, timeout)
         with contextlib.suppress(queue.Full):
             self._outbox.put_nowait(None)  # stops the sender
         if threading.current_thread() is not self._reader and self._reader.is_alive():
-            self._reader.join(1.0)  # the child is gone: EOF is there to read
+            self._reader.join(0.2)  # the child is gone: EOF is there to read at once
         self._conn.close()
 
     @property

@@ -180,7 +180,7 @@ class ProcessEngineService(ObservedService):
     # -- shutdown --------------------------------------------------------------------------------
     def shutdown(self, timeout: float = 5.0, close_engine: bool = True) -> None:
         """Stop the engine process (after the step in flight); unfinished requests end with "abort". Returns
-        within timeout + ~2 s, killing the process if it must.
+        within `timeout` (a fraction of a second more at most), killing the process if it must.
 
         close_engine is accepted for EngineService compatibility; the engine always goes with its process."""
         with self._lock:
