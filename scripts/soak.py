@@ -153,6 +153,8 @@ def checks(service: ProcessEngineService, tally: Tally, live: list[RequestHandle
         failures.append(f"{stats.num_blocks_used} KV blocks still in use after every request ended")
     if stats.num_running or stats.num_waiting:
         failures.append(f"engine still has {stats.num_running} running / {stats.num_waiting} waiting")
+    if stats.num_preemptions == 0:  # the small cache is there to force them; none means the soak missed its aim
+        failures.append("no preemption happened: the run never put the KV cache under pressure")
     half = len(tally.rss_mb) // 2
     if half >= 4:
         first, second = max(tally.rss_mb[:half]), max(tally.rss_mb[half:])

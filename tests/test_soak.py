@@ -30,3 +30,4 @@ def test_soak_60s_leaves_no_blocks_no_stuck_handles_and_flat_rss(tmp_path, demo_
     assert summary["submitted"] > 20  # it did real work
     assert summary["aborts_sent"] > 0 and summary["policy_switches"] > 0
     assert report["stats"]["num_blocks_used"] == 0
+    assert summary["preemptions"] > 0  # the preemption pressure really happened
