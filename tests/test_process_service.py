@@ -148,6 +148,9 @@ def test_bad_requests_raise_one_line_errors_and_serving_goes_on(psvc):
     h = psvc.submit("hello", SamplingParams(max_tokens=20, ignore_eos=True), request_id="dup")
     with pytest.raises(ValueError, match="already in use"):
         psvc.submit("hello", SamplingParams(), request_id="dup")
+    for bad_id in (5, "", b"dup"):  # refused in the caller, not ended with "error" by the engine process
+        with pytest.raises(ValueError, match="request_id must be a non-empty string"):
+            psvc.submit("hello", SamplingParams(), request_id=bad_id)
     assert h.result(timeout=30).finish_reason == "length"
     assert psvc.is_running and psvc.fatal_error is None
     assert not [e for e in psvc.events() if e.kind in ("step_error", "fatal")]

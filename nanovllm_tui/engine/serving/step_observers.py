@@ -102,6 +102,9 @@ class ObservedService:
             request_id = f"req-{next(self._ids)}"
             while request_id in live:
                 request_id = f"req-{next(self._ids)}"
+        # Checked here, in the caller's thread, for both services (the engine process would only end it "error").
+        elif not isinstance(request_id, str) or not request_id:
+            raise ValueError(f"request_id must be a non-empty string or None, got {request_id!r}")
         elif request_id in live:
             raise ValueError(f"request_id {request_id!r} is already in use; pass a unique id or None")
         return request_id
