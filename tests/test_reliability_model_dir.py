@@ -59,12 +59,15 @@ except Exception as exc:
 """
 
 
-def _load_error_in_child(model: str, timeout: float = 120.0) -> ValueError:
+def _load_error_in_child(model: str, timeout: float = 120.0, prefix: tuple[str, ...] = ()) -> ValueError:
     """LLM(model)'s exception, raised in a child process: a blocked open() there (holding the GIL, as a native
-    reader may) cannot hang the test run."""
+    reader may) cannot hang the test run. `prefix` runs the child through another command (e.g. setpriv)."""
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", CHILD, model, json.dumps(OPTS)], capture_output=True, text=True, timeout=timeout
+            [*prefix, sys.executable, "-c", CHILD, model, json.dumps(OPTS)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"LLM({model!r}) still blocked after {timeout} s")
@@ -131,18 +134,29 @@ def test_a_missing_tokenizer_is_one_line(tmp_path, tiny_qwen3_gqa_dir):
     _one_line(_load_error(str(model)), "has no tokenizer")
 
 
-@pytest.mark.skipif(AS_ROOT, reason="root reads files whatever their permissions")
+# Root reads files whatever their permissions, unless it gives up the capabilities that let it: as root (CI
+# runs as root), the loading child runs without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH, so permissions apply.
+NO_DAC = ("--bounding-set", "-dac_override,-dac_read_search", "--inh-caps", "-dac_override,-dac_read_search")
+
+
+@pytest.mark.skipif(AS_ROOT and shutil.which("setpriv") is None, reason="root without setpriv reads any file")
 def test_unreadable_directory_and_weights_say_permission_denied(tmp_path, tiny_qwen3_gqa_dir):
     model = _copy(tiny_qwen3_gqa_dir, tmp_path / "m")
+
+    def load_error(path: str) -> BaseException:
+        if AS_ROOT:
+            return _load_error_in_child(path, prefix=(str(shutil.which("setpriv")), *NO_DAC))
+        return _load_error(path)
+
     weights = model / "model.safetensors"
     weights.chmod(0)
     try:
-        _one_line(_load_error(str(model)), "model.safetensors", "permission denied")
+        _one_line(load_error(str(model)), "model.safetensors", "permission denied")
     finally:
         weights.chmod(0o644)
     model.chmod(0)
     try:
-        _one_line(_load_error(str(model)), "permission denied")
+        _one_line(load_error(str(model)), "permission denied")
     finally:
         model.chmod(0o755)
 
