@@ -28,7 +28,7 @@ def free_port() -> int:
 
 class ScriptedServer:
     """vLLM's API as far as the client uses it. `metrics` are served in turn (the last one repeats);
-    chat answers stream `words` one chunk each `token_delay` seconds, up to max_tokens."""
+    chat answers stream `words` one chunk each `token_delay` seconds, up to max_tokens, or `raw` as it is."""
 
     def __init__(
         self,
@@ -40,10 +40,11 @@ class ScriptedServer:
         words: tuple[str, ...] = ("Hello", " there", ",", " friend", "."),
         token_delay: float = 0.0,
         tls: ssl.SSLContext | None = None,
+        raw: bytes | None = None,
     ):
         self.metrics = list(metrics or [fixture("vllm_metrics.txt")])
         self.models, self.api_key, self.garbage = models, api_key, garbage
-        self.words, self.token_delay = words, token_delay
+        self.words, self.token_delay, self.raw = words, token_delay, raw
         self.metrics_served = 0
         self.requests: list[dict] = []  # bodies of completion requests, in arrival order
         self.disconnected = threading.Event()  # a streaming client went away mid-answer
@@ -148,6 +149,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         n = body.get("max_tokens", 16)
         try:
+            if self.scripted.raw is not None:
+                self.wfile.write(self.scripted.raw)
+                self.wfile.flush()
+                self.close_connection = True
+                return
             if chat:
                 self._event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
             for i in range(n):

@@ -1,9 +1,10 @@
 """EventStream: one open server-sent-events response of an OpenAI-compatible server, read as JSON events.
 
-OpenAI-style servers send one JSON object per `data:` line and end with `data: [DONE]`; multi-line SSE data
-fields are not used by them and not supported here. close() may be called from any thread: it shuts the TCP
-connection down, which both wakes a reader blocked on the socket and tells the server the client has gone
-(vLLM aborts a request whose client disconnects).
+OpenAI-style servers send one JSON object per event's data and end with `data: [DONE]`; httpx-sse does the SSE
+framing (fields, comments, multi-line data), this reads the JSON out of it. An error object in an event is the
+server failing the request (RequestRejected); an event that is not a JSON object is BadResponse. close() may be
+called from any thread: it shuts the TCP connection down, which both wakes a reader blocked on the socket and
+tells the server the client has gone (vLLM aborts a request whose client disconnects).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource, SSEError
 
 from nanovllm_tui.remote.errors import BadResponse, RemoteError, RequestRejected
 
@@ -35,26 +37,30 @@ class EventStream:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
             with self._errors():
-                for line in self._response.iter_lines():
-                    event = self._parse(line)
-                    if self.done:
-                        return
-                    if event is not None:
-                        yield event
+                yield from self._events()
         except RemoteError:
             if not self.closed:
                 raise
         finally:
             self._response.close()
 
-    def _parse(self, line: str) -> dict[str, Any] | None:
-        """The JSON object of a `data:` line; None for blank, comment and other SSE field lines."""
-        if not line or line.startswith(":") or line.startswith(("event:", "id:", "retry:")):
+    def _events(self) -> Iterator[dict[str, Any]]:
+        """The JSON events up to [DONE], framed by httpx-sse."""
+        try:
+            for sse in EventSource(self._response).iter_sse():
+                event = self._parse(sse.data)
+                if self.done:
+                    return
+                if event is not None:
+                    yield event
+        except SSEError as e:  # the content type is not text/event-stream (an httpx error: caught before _errors)
+            raise BadResponse(f"bad response from {self.url}: not an event stream ({e})") from None
+
+    def _parse(self, data: str) -> dict[str, Any] | None:
+        """The JSON object of one event's data; None for an event without data and for [DONE]."""
+        if not data:  # an event of only `event:` / `id:` / `retry:` fields
             return None
-        if not line.startswith("data:"):
-            raise BadResponse(f"bad response from {self.url}: not an event stream (line {_excerpt(line)})")
-        data = line[len("data:") :].strip()
-        if data == _DONE:
+        if data.strip() == _DONE:
             self.done = True
             return None
         try:
@@ -67,7 +73,7 @@ class EventStream:
         if error is not None or event.get("object") == "error":
             detail = error if error is not None else event
             message = detail.get("message") if isinstance(detail, dict) else detail
-            raise RequestRejected(f"the server failed this request: {str(message).splitlines()[0][:200]}")
+            raise RequestRejected(f"the server failed this request: {' '.join(str(message).split())[:200]}")
         return event
 
     def close(self) -> None:

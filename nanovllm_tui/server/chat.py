@@ -8,12 +8,13 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from sse_starlette import ServerSentEvent
 
 from nanovllm_tui.engine.text.chat import render_chat
 from nanovllm_tui.server.generate import Submitted, error_event, finish_reason, raise_if_failed, submit
 from nanovllm_tui.server.schemas import ChatCompletionRequest
 from nanovllm_tui.server.state import ServerState
-from nanovllm_tui.server.stream import SSEResponse, sse
+from nanovllm_tui.server.stream import SSEResponse, done_event, json_event
 
 
 async def create_chat_completion(state: ServerState, body: ChatCompletionRequest, request: Request) -> Response:
@@ -52,7 +53,7 @@ def _completion(state: ServerState, body: ChatCompletionRequest, sub: Submitted)
     }
 
 
-async def _events(state: ServerState, body: ChatCompletionRequest, sub: Submitted) -> AsyncIterator[str]:
+async def _events(state: ServerState, body: ChatCompletionRequest, sub: Submitted) -> AsyncIterator[ServerSentEvent]:
     """The chunks: the role first, then content / reasoning_content deltas, the finish reason, usage if asked."""
     usage = body.include_usage
     base: dict[str, Any] = {
@@ -62,16 +63,16 @@ async def _events(state: ServerState, body: ChatCompletionRequest, sub: Submitte
         "model": state.served_model_name,
     }
 
-    def chunk(delta: dict[str, Any], reason: str | None = None, token_ids: list[int] | None = None) -> str:
+    def chunk(delta: dict[str, Any], reason: str | None = None, token_ids: list[int] | None = None) -> ServerSentEvent:
         choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
         if token_ids is not None:
             choice["token_ids"] = token_ids
-        return sse({**base, "choices": [choice], **({"usage": None} if usage else {})})
+        return json_event({**base, "choices": [choice], **({"usage": None} if usage else {})})
 
     yield chunk({"role": "assistant", "content": ""})
     async for out in sub.stream.outputs():
         if out.finished and out.finish_reason == "error":
-            yield sse(error_event(sub.handle))
+            yield json_event(error_event(sub.handle))
             break
         delta: dict[str, Any] = {}
         if out.reasoning:
@@ -85,5 +86,5 @@ async def _events(state: ServerState, body: ChatCompletionRequest, sub: Submitte
             yield chunk(delta, None, ids)
     else:
         if usage:
-            yield sse({**base, "choices": [], "usage": sub.usage()})
-    yield sse("[DONE]")
+            yield json_event({**base, "choices": [], "usage": sub.usage()})
+    yield done_event()

@@ -8,11 +8,12 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from sse_starlette import ServerSentEvent
 
 from nanovllm_tui.server.generate import Submitted, error_event, finish_reason, raise_if_failed, submit
 from nanovllm_tui.server.schemas import CompletionRequest
 from nanovllm_tui.server.state import ServerState
-from nanovllm_tui.server.stream import SSEResponse, sse
+from nanovllm_tui.server.stream import SSEResponse, done_event, json_event
 
 
 async def create_completion(state: ServerState, body: CompletionRequest, request: Request) -> Response:
@@ -45,7 +46,7 @@ def _completion(state: ServerState, body: CompletionRequest, sub: Submitted) -> 
     }
 
 
-async def _events(state: ServerState, body: CompletionRequest, sub: Submitted) -> AsyncIterator[str]:
+async def _events(state: ServerState, body: CompletionRequest, sub: Submitted) -> AsyncIterator[ServerSentEvent]:
     """One chunk per delta (the last with the finish reason), then usage if asked, then [DONE]."""
     usage = body.include_usage
     base: dict[str, Any] = {
@@ -57,13 +58,13 @@ async def _events(state: ServerState, body: CompletionRequest, sub: Submitted) -
     extra = {"usage": None} if usage else {}
     async for out in sub.stream.outputs():
         if out.finished and out.finish_reason == "error":
-            yield sse(error_event(sub.handle))
+            yield json_event(error_event(sub.handle))
             break
         ids = list(out.token_ids) if body.return_token_ids else None
         reason = finish_reason(out.finish_reason) if out.finished else None
         if out.text or out.finished or ids:
-            yield sse({**base, "choices": [_choice(out.text, reason, ids)], **extra})
+            yield json_event({**base, "choices": [_choice(out.text, reason, ids)], **extra})
     else:
         if usage:
-            yield sse({**base, "choices": [], "usage": sub.usage()})
-    yield sse("[DONE]")
+            yield json_event({**base, "choices": [], "usage": sub.usage()})
+    yield done_event()

@@ -5,21 +5,21 @@ loop except through call_soon_threadsafe. The reader also does the request's acc
 is complete even when the HTTP client has gone. The reader ends when the request does, and the services always
 finish every request (shutdown and a dead engine end them with "abort" / "error"), so no thread is left behind.
 
-SSEResponse aborts its request whenever the response ends before the request did (the client disconnected, or
-sending failed), so an abandoned request frees its KV blocks at the engine's next step.
+SSEResponse (sse-starlette's EventSourceResponse) aborts its request whenever the response ends before the request
+did (the client disconnected, or sending failed), so an abandoned request frees its KV blocks at the engine's next
+step. Events are framed as OpenAI and vLLM frame them: `data: {json}`, a blank line, `data: [DONE]` last, no pings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse, JSONServerSentEvent, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
 from nanovllm_tui.engine.outputs import RequestOutput
@@ -29,12 +29,17 @@ from nanovllm_tui.server.tracker import RequestTracker
 
 READ_TIMEOUT_S = 1.0  # the reader's wait per get(): only bounds each wait, the request ends it
 DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
+SEP = "\n"  # OpenAI and vLLM end lines with \n (sse-starlette's default is \r\n)
 
 
-def sse(payload: dict[str, Any] | str) -> str:
-    """One server-sent event: `data: {json}` and a blank line."""
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {data}\n\n"
+def json_event(payload: dict[str, Any]) -> ServerSentEvent:
+    """One server-sent event carrying `payload` as compact JSON."""
+    return JSONServerSentEvent(payload, sep=SEP)
+
+
+def done_event() -> ServerSentEvent:
+    """The `data: [DONE]` event that ends an OpenAI stream."""
+    return ServerSentEvent("[DONE]", sep=SEP)
 
 
 class RequestStream:
@@ -106,11 +111,13 @@ class RequestStream:
             self.handle.abort()
 
 
-class SSEResponse(StreamingResponse):
+class SSEResponse(EventSourceResponse):
     """A text/event-stream response that runs `on_close` however the response ends (done, error, disconnect)."""
 
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]):
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    def __init__(self, content: AsyncIterator[ServerSentEvent], on_close: Callable[[], None]):
+        # No pings: OpenAI and vLLM send none, and a ping would keep a client's read timeout from noticing a
+        # stream whose engine has stalled.
+        super().__init__(content, headers={"Cache-Control": "no-cache"}, ping=0, sep=SEP)
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
