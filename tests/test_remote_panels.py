@@ -13,6 +13,7 @@ from test_remote_app import attached, wait_for
 from test_remote_metrics import FIXTURES, ITL, TTFT
 
 from nanovllm_tui.app.app import NanoVllmApp
+from nanovllm_tui.app.render import TICKS
 from nanovllm_tui.app.screens.dashboard import DashboardScreen
 from nanovllm_tui.remote.dashboard import LABEL, NOT_EXPORTED, RemoteDashboard
 
@@ -90,5 +91,27 @@ def test_a_metric_the_server_does_not_export_says_so():
                 assert r["hit rate"] == r["tok/step"] == r["TTFT"] == NOT_EXPORTED
                 assert r["running"].endswith(" 5") and r["preempted"].endswith(" 3 /poll")
                 assert millis(r["ITL"]) == pytest.approx([q * 1000 for q in ITL], abs=0.51)
+
+        asyncio.run(run())
+
+
+def test_kv_cache_usage_has_a_history():
+    """Each poll's KV usage joins a sparkline (newest at the right, scaled to 100%), in both dashboards."""
+    with ScriptedServer(metrics=[fixture(f) for f in FIXTURES["current"]]) as server:
+        app = attached(server.url, interval=60.0)
+
+        async def run() -> None:
+            async with app.run_test(size=(160, 60)) as pilot:
+                # The first scrape (25% used) must be drawn before the second, or the history never holds it.
+                await wait_for(pilot, lambda: "25.0%" in dashboard_text(app), what="the first scrape drawn")
+                assert rows(dashboard_text(app))["history"].endswith(f" {TICKS[2]} 25.0%")
+                await asyncio.to_thread(app.service.poller.poll_once)
+                await wait_for(pilot, lambda: "43.8%" in dashboard_text(app), what="the second scrape drawn")
+                want = f" {TICKS[2]}{TICKS[3]} 43.8%"  # 0.25 and 0.4375 of 7 ticks, rounded
+                assert rows(dashboard_text(app))["history"].endswith(want)
+                await pilot.press("f3")
+                await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), what="the dashboard screen")
+                await wait_for(pilot, lambda: "43.8%" in dashboard_text(app), what="the full dashboard")
+                assert rows(dashboard_text(app))["history"].endswith(want)  # the same history, shared
 
         asyncio.run(run())

@@ -1,5 +1,6 @@
 """RemoteDashboard: the dashboard of attach mode, drawn from RemoteSnapshots (no block map: a remote server
-exports only its KV usage). A figure the server does not export says so instead of showing a zero."""
+exports only its KV usage, drawn as a bar and a sparkline of past polls). A figure the server does not export
+says so instead of showing a zero."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def render_remote(info: RemoteInfo, status: PollStatus, history: RemoteHistory, 
         if snap.num_gpu_blocks and snap.block_size:
             used = round(snap.kv_cache_usage * snap.num_gpu_blocks)
             t.append(f"{'':{LABEL}}≈{used:,} of {snap.num_gpu_blocks:,} blocks of {snap.block_size} tokens\n", "dim")
+        _row(t, "history", snap, "kv_cache_usage", lambda v: f"{v:.1%}", history, spark_w, hi=1.0)
     t.append("\nprefix cache\n", "bold")
     _row(t, "hit rate", snap, "prefix_cache_hit_rate", lambda v: f"{v:.1%}", history, spark_w, hi=1.0)
     t.append("\nrequests\n", "bold")
