@@ -1,6 +1,7 @@
 """`nanovllm-tui attach URL` as a user runs it: the real command in a pseudo-terminal, attached to a scripted vLLM
 look-alike on 127.0.0.1, draws the app (chat and remote dashboard), answers a prompt, and SIGTERM ends it cleanly
-(exit 0, terminal restored). Without a terminal it refuses in one line, exit 2, before connecting."""
+(exit 0, terminal restored). Of several models it asks which one (Ctrl+C there: one line, exit 2). Without a
+terminal it refuses in one line, exit 2, before connecting."""
 
 from __future__ import annotations
 
@@ -59,32 +60,90 @@ def wait_exit(pid: int, fd: int, out: bytearray, limit: float) -> int | None:
     return None
 
 
+def spawn_attach(url: str) -> tuple[int, int]:
+    """`nanovllm-tui attach URL --no-history` on a new pseudo-terminal: the child's pid and the terminal's fd."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the real command line
+        os.chdir(ROOT)
+        fcntl.ioctl(0, termios.TIOCSWINSZ, WINSIZE)  # before the app reads it: wide enough for the dashboard
+        # os.environ, not the C environment: readline (loaded under pytest) exports COLUMNS=80 and LINES=24
+        # there, and they would win over the terminal's size.
+        env = {**os.environ, "TERM": "xterm-256color"}
+        argv = [sys.executable, "-m", "nanovllm_tui.app.cli", "attach", url, "--no-history"]
+        os.execve(sys.executable, argv, env)
+    return pid, fd
+
+
+def chat_hello(fd: int, out: bytearray, server: ScriptedServer) -> None:
+    """Type "hello" into the app's prompt box until the server gets it, then wait for the streamed answer."""
+    deadline = time.monotonic() + 30
+    while not server.requests and time.monotonic() < deadline:  # keys typed before focus go nowhere
+        os.write(fd, b"\x15hello\r")  # ctrl+u clears the prompt line first
+        read_until(fd, out, b"friend", 1.0, start=len(out))
+    assert server.requests and server.requests[0]["messages"][-1]["content"] == "hello"
+    assert read_until(fd, out, b"friend", 20), bytes(out[-2000:])
+
+
 def test_attach_runs_the_app_on_a_terminal_and_sigterm_ends_it():
     with ScriptedServer(token_delay=0.01) as server:
-        pid, fd = pty.fork()
-        if pid == 0:  # the child: the real command line
-            os.chdir(ROOT)
-            fcntl.ioctl(0, termios.TIOCSWINSZ, WINSIZE)  # before the app reads it: wide enough for the dashboard
-            # os.environ, not the C environment: readline (loaded under pytest) exports COLUMNS=80 and LINES=24
-            # there, and they would win over the terminal's size.
-            env = {**os.environ, "TERM": "xterm-256color"}
-            argv = [sys.executable, "-m", "nanovllm_tui.app.cli", "attach", server.url, "--no-history"]
-            os.execve(sys.executable, argv, env)
+        pid, fd = spawn_attach(server.url)
         status = None
         out = bytearray()
         try:
             assert read_until(fd, out, b"no block map", 60), shown(out)[-2000:]
-            deadline = time.monotonic() + 30
-            while not server.requests and time.monotonic() < deadline:  # keys typed before focus go nowhere
-                os.write(fd, b"\x15hello\r")  # ctrl+u clears the prompt line first
-                read_until(fd, out, b"friend", 1.0, start=len(out))
-            assert server.requests and server.requests[0]["messages"][-1]["content"] == "hello"
-            assert read_until(fd, out, b"friend", 20), bytes(out[-2000:])
+            chat_hello(fd, out, server)
             mark = len(out)
             os.kill(pid, signal.SIGTERM)
             status = wait_exit(pid, fd, out, 10)
             assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
             assert ALT_SCREEN_OFF in out[mark:] and b"Traceback" not in out[mark:]
+        finally:
+            if status is None:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            os.close(fd)
+
+
+def test_of_several_models_the_user_picks_one_on_the_terminal():
+    with ScriptedServer(models=("a/one", "b/two"), token_delay=0.01) as server:
+        pid, fd = spawn_attach(server.url)
+        status = None
+        out = bytearray()
+        try:
+            assert read_until(fd, out, b"model to chat with (1-2): ", 60), shown(out)[-2000:]
+            assert b"serves 2 models:\r\n  1. a/one\r\n  2. b/two\r\n" in shown(out)
+            mark = len(out)
+            os.write(fd, b"3\r")  # not one of them: asked again
+            assert read_until(fd, out, b"model to chat with (1-2): ", 10, start=mark), shown(out, mark)
+            assert b"'3' is not one of them" in shown(out, mark)
+            os.write(fd, b"2\r")
+            assert read_until(fd, out, b"no block map", 60), shown(out)[-2000:]
+            chat_hello(fd, out, server)
+            assert [r["model"] for r in server.requests] == ["b/two"]  # the app chats with the model picked
+            os.kill(pid, signal.SIGTERM)
+            status = wait_exit(pid, fd, out, 10)
+            assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        finally:
+            if status is None:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            os.close(fd)
+
+
+def test_ctrl_c_at_the_model_question_is_one_line_and_exit_2():
+    with ScriptedServer(models=("a/one", "b/two")) as server:
+        pid, fd = spawn_attach(server.url)
+        status = None
+        out = bytearray()
+        try:
+            assert read_until(fd, out, b"model to chat with (1-2): ", 60), shown(out)[-2000:]
+            mark = len(out)
+            os.write(fd, b"\x03")  # Ctrl+C: the terminal sends SIGINT
+            status = wait_exit(pid, fd, out, 10)
+            assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 2, shown(out)
+            said = shown(out, mark).strip().splitlines()
+            assert said[-1].startswith(b"nanovllm-tui attach: error: interrupted: no model picked; pass --model")
+            assert b"Traceback" not in out and server.requests == []
         finally:
             if status is None:
                 os.kill(pid, signal.SIGKILL)

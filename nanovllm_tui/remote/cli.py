@@ -2,20 +2,24 @@
 running vLLM-compatible server, with chats and dashboard over HTTP.
 
 Start-up checks fail with one line on stderr and exit status 2: a bad URL, no terminal, a server that can't be
-reached or rejects the key, a model choice that doesn't fit what /v1/models lists. `--check` stops after them
-and prints the first figures (for scripts and CI; no terminal UI).
+reached or rejects the key, a model choice that doesn't fit what /v1/models lists. A server with several models
+and no --model: on a terminal the user picks one from a numbered list; with --check that is an error too.
+`--check` stops after the checks and prints the first figures (for scripts and CI; no terminal UI).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import TextIO
 
 from nanovllm_tui.app.history.paths import add_history_args
-from nanovllm_tui.remote.client import DEFAULT_STREAM_TIMEOUT, DEFAULT_TIMEOUT, normalize_base_url
+from nanovllm_tui.app.text import inert
+from nanovllm_tui.remote.client import DEFAULT_STREAM_TIMEOUT, DEFAULT_TIMEOUT, ModelCard, normalize_base_url
 from nanovllm_tui.remote.errors import RemoteError
 from nanovllm_tui.remote.service import RemoteService
 from nanovllm_tui.remote.snapshot import RemoteSnapshot
@@ -42,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000 (https works too)")
     p.add_argument("--api-key", metavar="KEY", help="sent as 'Authorization: Bearer KEY' (vllm serve --api-key)")
-    p.add_argument("--model", metavar="NAME", help="which served model to chat with (needed if it serves several)")
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="which served model to chat with (of several: asked on the terminal if left out)",
+    )
     p.add_argument("--interval", type=_positive, default=1.0, metavar="S", help="seconds between /metrics polls")
     p.add_argument("--timeout", type=_positive, default=DEFAULT_TIMEOUT, metavar="S", help="seconds per HTTP call")
     p.add_argument(
@@ -68,10 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _attach(args: argparse.Namespace) -> int:
+    ask = None
     try:
-        normalize_base_url(args.url)
+        url = normalize_base_url(args.url)
         if not args.check:
             _check_terminal()
+            ask = functools.partial(ask_model, url=url, stdin=sys.stdin, stdout=sys.stdout)
             # As in the local app: SIGTERM ends the app the way Ctrl+C does (terminal restored, service shut
             # down), re-raised as SIGINT, which asyncio's runner under Textual turns into a clean exit.
             signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
@@ -82,6 +92,7 @@ def _attach(args: argparse.Namespace) -> int:
             args.interval,
             timeout=args.timeout,
             stream_timeout=args.stream_timeout,
+            ask=ask,
         )
     except ValueError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -133,6 +144,40 @@ def describe(snap: RemoteSnapshot) -> str:
         f" · gen {fig('generation_throughput', snap.generation_throughput, '.1f')} tok/s"
         f" · ttft p50 {fig('ttft', ttft, '.3f')} s · itl p50 {fig('itl', itl, '.4f')} s"
     )
+
+
+def ask_model(models: list[ModelCard], url: str, stdin: TextIO, stdout: TextIO) -> ModelCard:
+    """Ask which of `models` to chat with (a number or a name), again until the answer is one of them;
+    ValueError (one line) if no answer comes: end of input or Ctrl+C."""
+    try:
+        picked = _ask(models, url, stdin, stdout)
+    except KeyboardInterrupt:  # wherever it lands: while reading, or while the prompt is written
+        picked = None
+        why = "interrupted"
+    else:
+        why = "input ended"
+    if picked is None:
+        stdout.write("\n")  # end the prompt's line: the error goes below it
+        ids = ", ".join(inert(m.id) for m in models)
+        raise ValueError(f"{why}: no model picked; pass --model NAME ({ids})")
+    return picked
+
+
+def _ask(models: list[ModelCard], url: str, stdin: TextIO, stdout: TextIO) -> ModelCard | None:
+    """The numbered list, then the question until an answer fits; None at end of input."""
+    stdout.write(f"{url} serves {len(models)} models:\n")
+    for i, m in enumerate(models, 1):
+        stdout.write(f"  {i}. {inert(m.id)}\n")  # ids come from the server: never terminal commands
+    while True:
+        stdout.write(f"model to chat with (1-{len(models)}): ")
+        stdout.flush()
+        answer = stdin.readline()
+        if not answer:
+            return None
+        for i, m in enumerate(models, 1):
+            if answer.strip() in (str(i), m.id):
+                return m
+        stdout.write(f"{inert(answer.strip())!r} is not one of them; type a number from 1 to {len(models)} or a name\n")
 
 
 def _check_terminal() -> None:

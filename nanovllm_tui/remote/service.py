@@ -27,6 +27,8 @@ from nanovllm_tui.remote.poller import MAX_BACKOFF, UNAUTHORIZED, Listener, Metr
 from nanovllm_tui.remote.snapshot import RemoteSnapshot
 from nanovllm_tui.remote.stream import EventStream
 
+AskModel = Callable[[list[ModelCard]], ModelCard]  # asks the user to pick one of several models
+
 
 @dataclass(frozen=True, slots=True)
 class RemoteInfo:
@@ -78,10 +80,12 @@ class RemoteService:
         interval: float = 1.0,
         *,
         max_backoff: float = MAX_BACKOFF,
+        ask: AskModel | None = None,
         **client_kw: float,
     ) -> RemoteService:
-        """Check the server (one /v1/models call), pick the model, start polling /metrics (retrying a server
-        that is down after waits that double up to `max_backoff` seconds); `client_kw`: RemoteClient's timeouts.
+        """Check the server (one /v1/models call), pick the model (`ask` picks one of several if given), start
+        polling /metrics (retrying a server that is down after waits that double up to `max_backoff` seconds);
+        `client_kw`: RemoteClient's timeouts.
 
         ValueError for a bad URL, interval or model choice; RemoteError if the server can't be used."""
         if not interval > 0:
@@ -89,7 +93,7 @@ class RemoteService:
         client = RemoteClient(url, api_key, **client_kw)
         try:
             models = client.models()
-            service = cls(client, choose_model(models, model, client.base_url), models, interval, max_backoff)
+            service = cls(client, choose_model(models, model, client.base_url, ask), models, interval, max_backoff)
         except BaseException:
             client.close()
             raise
@@ -252,8 +256,9 @@ class RemoteService:
         handle._put(RequestOutput(handle.request_id, finished=True, finish_reason=reason or "stop", error=error))
 
 
-def choose_model(models: list[ModelCard], wanted: str | None, url: str) -> ModelCard:
-    """The model to chat with: `wanted` if listed, else the only one; ValueError listing them otherwise."""
+def choose_model(models: list[ModelCard], wanted: str | None, url: str, ask: AskModel | None = None) -> ModelCard:
+    """The model to chat with: `wanted` if listed, else the only one, else what `ask` picks of several;
+    ValueError listing them otherwise (and `ask`'s ValueError when nothing was picked)."""
     ids = ", ".join(m.id for m in models)
     if wanted is not None:
         for m in models:
@@ -264,4 +269,6 @@ def choose_model(models: list[ModelCard], wanted: str | None, url: str) -> Model
         return models[0]
     if not models:
         raise ValueError(f"{url}/v1/models lists no model; is the server still loading?")
+    if ask is not None:
+        return ask(models)
     raise ValueError(f"{url} serves {len(models)} models; pick one with --model NAME ({ids})")
