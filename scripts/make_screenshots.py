@@ -3,7 +3,8 @@
     python scripts/make_screenshots.py [--model DIR] [--out screenshots]
 
 Writes chat_sessions.svg (three chats streaming beside the dashboard), benchmark.svg (a benchmark run
-mid-flight) and settings.svg (the session settings modal), plus .png copies when cairosvg is installed.
+mid-flight), settings.svg (the session settings modal) and sessions.svg (the saved chats, ctrl+o: the three
+chats, saved in a history file made for the run), plus .png copies when cairosvg is installed.
 Re-run it whenever the UI changes.
 """
 
@@ -12,15 +13,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import pathlib
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from textual.widgets import Input, TextArea
+from textual.widgets import DataTable, Input, TextArea
 
 from nanovllm_tui.app.app import NanoVllmApp
+from nanovllm_tui.app.history.chat_history import ChatHistory
+from nanovllm_tui.app.history.paths import resolve
+from nanovllm_tui.app.screens.sessions import SessionsScreen
 from nanovllm_tui.app.session import SessionSettings
 from nanovllm_tui.app.widgets.chat import ChatPane
 from nanovllm_tui.bench.driver import BenchRun
@@ -72,6 +78,24 @@ def bench_run(app: NanoVllmApp) -> BenchRun:
     return app.bench_run
 
 
+def sessions_listed(app: NanoVllmApp) -> bool:
+    """The saved-chats screen is up with the three chats and the saved reopen count shown."""
+    screen = app.screen
+    if not isinstance(screen, SessionsScreen):
+        return False
+    return screen.query_one(DataTable).row_count == len(PROMPTS) and screen.reopen_saved is not None
+
+
+async def save_sessions(pilot, out: pathlib.Path) -> None:
+    """4. the saved chats: the three chats above, in the history file of this run."""
+    app = pilot.app
+    await wait_until(pilot, lambda: app.screen is app.screen_stack[0])  # the settings modal has closed
+    await pilot.press("ctrl+o")
+    await wait_until(pilot, lambda: sessions_listed(app))
+    save(app, out, "sessions")
+    await pilot.press("escape")
+
+
 async def main(model: str, out: pathlib.Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     llm = LLM(model, kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=384)
@@ -81,6 +105,9 @@ async def main(model: str, out: pathlib.Path) -> None:
         dataclasses.replace(service.engine_info(), model=pathlib.Path(model).name),
         owns_service=True,
         default_settings=SessionSettings(temperature=0.7, seed=0, max_tokens=200),
+        # A fresh file, named relative to the working directory: the screen shows "history: history.sqlite3".
+        history=ChatHistory.open(resolve("history.sqlite3", False, {})),
+        reopen=0,
     )
     async with app.run_test(size=SIZE) as pilot:
         # 1. three chats streaming at once, batched by the engine
@@ -122,6 +149,7 @@ async def main(model: str, out: pathlib.Path) -> None:
         await pilot.pause(0.5)
         save(app, out, "settings")
         await pilot.press("escape")
+        await save_sessions(pilot, out)
 
 
 if __name__ == "__main__":
@@ -129,4 +157,8 @@ if __name__ == "__main__":
     parser.add_argument("--model", help="model dir (default: the demo model SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parents[1] / "screenshots"))
     args = parser.parse_args()
-    asyncio.run(main(args.model or str(ensure_demo_model()), pathlib.Path(args.out)))
+    model_dir = str(pathlib.Path(args.model).resolve()) if args.model else str(ensure_demo_model())
+    out_dir = pathlib.Path(args.out).resolve()
+    with tempfile.TemporaryDirectory(prefix="screenshots-") as workdir:
+        os.chdir(workdir)  # the history file of this run lives (and goes) here
+        asyncio.run(main(model_dir, out_dir))

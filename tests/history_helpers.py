@@ -15,10 +15,14 @@ from nanovllm_tui.engine import LLM
 from nanovllm_tui.engine.serving.thread_service import EngineService
 
 
+def tiny_llm(model_dir: Path) -> LLM:
+    """The tiny engine the history tests chat with."""
+    return LLM(str(model_dir), kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=128)
+
+
 def start_service(model_dir: Path) -> EngineService:
     """One engine for the apps of a module (they do not own it: a restart is about the history, not the engine)."""
-    llm = LLM(str(model_dir), kvcache_block_size=16, max_model_len=1024, num_kvcache_blocks=128)
-    return EngineService(llm)
+    return EngineService(tiny_llm(model_dir))
 
 
 def history_app(service: EngineService, path: Path, reopen: int = 3, max_tokens: int = 10) -> NanoVllmApp:

@@ -1,6 +1,7 @@
 """Saved chats in the real app (App.run_test + Pilot, a real engine over a tiny Qwen3, a real SQLite file): chat,
 quit, restart and the chat is back with its settings; answers saved with their outcome and timings, stopped and
-regenerated; kill -9 while an answer streams; two apps on one file."""
+regenerated, or failed after some text (an injected engine fault); kill -9 while an answer streams; two apps on one
+file."""
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from history_helpers import answered, history_app, notes, run, saved, send, start_service, tab_label, wait_for
+from history_helpers import (
+    answered,
+    history_app,
+    notes,
+    run,
+    saved,
+    send,
+    start_service,
+    tab_label,
+    tiny_llm,
+    wait_for,
+)
 from textual.widgets import Input, TextArea
 
 from nanovllm_tui.app.app import NanoVllmApp
@@ -23,6 +35,7 @@ from nanovllm_tui.app.history.paths import resolve
 from nanovllm_tui.app.screens.settings import SettingsScreen
 from nanovllm_tui.app.session import SessionSettings
 from nanovllm_tui.app.widgets.chat import AnswerView, UserMessage
+from nanovllm_tui.engine.serving.thread_service import EngineService
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +53,9 @@ def make_app(service, tmp_path):
     return make
 
 
+PENALTIES = {"repetition_penalty": 1.3, "presence_penalty": 0.5, "frequency_penalty": 0.25, "min_p": 0.05}
+
+
 def test_chat_quit_restart_brings_the_chat_back(make_app):
     async def first_run() -> tuple[list, SessionSettings]:
         app = make_app()
@@ -48,6 +64,8 @@ def test_chat_quit_restart_brings_the_chat_back(make_app):
             await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
             app.screen.query_one("#system-prompt", TextArea).text = "Answer in one line."
             app.screen.query_one("#max_tokens", Input).value = "9"
+            for field, value in PENALTIES.items():
+                app.screen.query_one(f"#{field}", Input).value = str(value)
             await pilot.press("ctrl+s")
             await send(pilot, "What is a KV cache?\nSecond line")
             await answered(pilot, 1, 2)
@@ -79,6 +97,7 @@ def test_chat_quit_restart_brings_the_chat_back(make_app):
 
     messages, settings = asyncio.run(first_run())
     assert settings.system_prompt == "Answer in one line." and settings.max_tokens == 9
+    assert {field: getattr(settings, field) for field in PENALTIES} == PENALTIES  # and second_run got them back
     run(second_run(messages, settings))
 
 
@@ -113,8 +132,55 @@ def test_answers_saved_with_outcome_timings_stop_and_regenerate(make_app):
     run(scenario())
 
 
+def test_answer_failing_after_some_text_is_saved_partial_and_failed(tiny_qwen3_gqa_dir, tmp_path):
+    llm = tiny_llm(tiny_qwen3_gqa_dir)  # its own engine: the fault is injected into it
+    real_launch = llm.model_runner.launch
+
+    def launch(items, *args):
+        if any(seq.num_completion_tokens >= 5 for seq, _ in items):
+            raise RuntimeError("injected: the device fell off")
+        return real_launch(items, *args)
+
+    llm.model_runner.launch = launch
+    path = tmp_path / "h.sqlite3"
+
+    async def first_run() -> str:
+        app = history_app(svc, path, max_tokens=40)
+        async with app.run_test(size=(140, 44)) as pilot:
+            await send(pilot, "fail midway")
+            await answered(pilot, 1, 2)
+            partial = app.sessions[1].messages[1]["content"]
+            assert partial  # some text came before the fault
+            pane = app.pane_of(1)
+            assert pane is not None
+            metrics = str(pane.query_one(AnswerView).query_one(".metrics").render())
+            assert "error: " in metrics and "injected: the device fell off" in metrics
+            (record,) = saved(app)
+            answer = record.messages[1]
+            assert (answer.status, answer.finish_reason, answer.content) == ("failed", "error", partial)
+            assert answer.error is not None and "injected: the device fell off" in answer.error
+            assert answer.completion_tokens is not None and 0 < answer.completion_tokens < 40
+            return partial
+
+    async def second_run(partial: str) -> None:
+        app = history_app(svc, path)
+        async with app.run_test(size=(140, 44)) as pilot:
+            await wait_for(pilot, lambda: (p := app.pane_of(1)) is not None and p.is_mounted)
+            pane = app.pane_of(1)
+            assert pane is not None
+            await wait_for(pilot, lambda: len(pane.query(AnswerView)) == 1, what="the saved answer")
+            assert app.sessions[1].messages[1] == {"role": "assistant", "content": partial}  # still in context
+            answer = pane.query_one(AnswerView)
+            await wait_for(pilot, lambda: answer.done, what="the saved answer drawn")
+            assert answer.text == partial and "failed: " in str(answer.query_one(".metrics").render())
+
+    with EngineService(llm) as svc:
+        partial = asyncio.run(first_run())
+        run(second_run(partial))
+
+
 APP_CHILD = """
-import asyncio, dataclasses, os, sys, time
+import asyncio, dataclasses, os, sqlite3, sys, time
 from nanovllm_tui.app.app import NanoVllmApp
 from nanovllm_tui.app.history.chat_history import ChatHistory
 from nanovllm_tui.app.history.paths import resolve
@@ -144,8 +210,14 @@ async def main():
                 if time.monotonic() > deadline:
                     sys.exit(f"stuck after {text!r}: {session.messages}")
                 await pilot.pause(0.02)
-        await pilot.pause(0.3)  # a few timer ticks: the question is handed to the writer
-        await asyncio.to_thread(app.history.history.writer.flush, 10)
+        # The kill must come after the question is committed: watch the file through a connection of our own.
+        reader = sqlite3.connect(sys.argv[2])
+        deadline = time.monotonic() + 60
+        while not reader.execute("SELECT 1 FROM messages WHERE content = 'second question'").fetchone():
+            if time.monotonic() > deadline:
+                sys.exit("the second question never reached the history file")
+            await pilot.pause(0.02)
+        reader.close()
         line = "STREAMING " + session.messages[1]["content"] + "\\n"
         os.write(1, line.encode())  # not print(): Textual captures sys.stdout while the app runs
         await asyncio.sleep(600)

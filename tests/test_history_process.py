@@ -218,7 +218,21 @@ def test_cli_refuses_missing_corrupt_and_newer_files_untouched(tmp_path):
     proc = history_cli("list", "--history", str(junk))
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert junk.read_bytes() == b"SQLite format 3\x00" + b"\xff" * 5000
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.sqlite3"]
+    newer = tmp_path / "newer.sqlite3"  # written by a later nanovllm-tui: a schema this one must not touch
+    conn = sqlite3.connect(newer)
+    conn.executescript(f"CREATE TABLE sessions (x); PRAGMA user_version = {schema.SCHEMA_VERSION + 1};")
+    conn.close()
+    data = newer.read_bytes()
+    why = (
+        f"nanovllm-tui history: error: {newer} has history schema v{schema.SCHEMA_VERSION + 1}, newer than "
+        f"this nanovllm-tui's v{schema.SCHEMA_VERSION}; upgrade nanovllm-tui or pick another file with --history"
+    )
+    for command in ("list", "export"):
+        proc = history_cli(command, *(["1"] if command == "export" else []), "--history", str(newer))
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert proc.stderr.splitlines() == [why]
+    assert newer.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.sqlite3", "newer.sqlite3"]
 
 
 def test_v1_file_migrated_by_the_cli(tmp_path):
@@ -244,10 +258,11 @@ def test_v1_file_migrated_by_the_cli(tmp_path):
 
 def test_app_flags_parse():
     from nanovllm_tui.app.cli import build_parser
+    from nanovllm_tui.app.history.paths import REOPEN_SAVED
 
     args = build_parser().parse_args(["--history", "/x/h.sqlite3", "--reopen", "5"])
     assert (args.history, args.no_history, args.reopen) == ("/x/h.sqlite3", False, 5)
     args = build_parser().parse_args(["--no-history"])
-    assert (args.history, args.no_history, args.reopen) == (None, True, 3)
+    assert (args.history, args.no_history, args.reopen) == (None, True, REOPEN_SAVED)  # the saved count decides
     proc = python("-m", "nanovllm_tui.app.cli", "--history", "a", "--no-history")
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr and len(proc.stderr.splitlines()) == 1

@@ -1,5 +1,6 @@
 """The history's screens and actions in the real app (Pilot): the sessions screen (search, rename, open, delete),
-export and copy, inert titles, and a history file that cannot be used (history off, one line, file untouched)."""
+the saved count of chats to reopen (and --reopen overriding it), export and copy, inert titles, and a history file
+that cannot be used (history off, one line, file untouched)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from textual.widgets import DataTable, Input
 
 from nanovllm_tui.app.app import NanoVllmApp
 from nanovllm_tui.app.history.export import message_line, when
+from nanovllm_tui.app.history.paths import REOPEN_SAVED
+from nanovllm_tui.app.history.preferences import REOPEN_KEY
 from nanovllm_tui.app.history.records import MessageRecord, SessionRecord
 from nanovllm_tui.app.history.store import HistoryStore
 from nanovllm_tui.app.screens.messages import MessagePicker
@@ -90,6 +93,52 @@ def test_sessions_screen_search_rename_delete_open(make_app, tmp_path):
     run(scenario())
 
 
+def test_reopen_count_is_saved_on_the_sessions_screen_and_the_flag_overrides_it(make_app, tmp_path):
+    path = tmp_path / "h.sqlite3"
+    store = HistoryStore.open(path)
+    for i in range(4):  # four chats left open, chat 3 the most recent
+        store.create_session(SessionRecord(f"u{i}", f"open chat {i}", 1.0 + i, 1.0 + i, "tiny", is_open=True))
+        store.add_message(f"u{i}", MessageRecord("user", f"question {i}", created_at=10.0 + i))
+    store.close()
+
+    async def flag_run() -> None:  # --reopen 2 this run; the screen saves 1 for the runs after
+        app = make_app(reopen=2)
+        async with app.run_test(size=(140, 44)) as pilot:
+            await wait_for(pilot, lambda: len(app.sessions) == 2, what="two chats reopened")
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: isinstance(app.screen, SessionsScreen))
+            screen = app.screen
+            field = screen.query_one("#sessions-reopen", Input)
+            await wait_for(pilot, lambda: field.value == "3", what="the default count shown (none saved yet)")
+            await pilot.press("tab")  # from the search box to the count
+            assert app.focused is field
+            await pilot.press("backspace", "x", "1")  # digits only
+            assert field.value == "1"
+            await wait_for(pilot, lambda: screen.reopen_saved == 1, what="the count saved")
+            status = str(screen.query_one("#sessions-status").render())
+            assert status == "saved: reopen the 1 most recent open chat at start (this run: --reopen 2)"
+            await pilot.press("enter")  # moves to the list, opens nothing
+            assert isinstance(app.focused, DataTable) and app.screen is screen
+            await pilot.press("escape")
+
+    async def saved_run() -> None:  # no --reopen: the saved count
+        app = make_app(reopen=REOPEN_SAVED)
+        async with app.run_test(size=(140, 44)) as pilot:
+            await wait_for(pilot, lambda: app.pane_of(1) is not None and app.pane_of(1).is_mounted)
+            assert list(app.sessions) == [1]
+            assert app.sessions[1].messages == [{"role": "user", "content": "question 3"}]
+            await pilot.press("ctrl+o")
+            await wait_for(pilot, lambda: isinstance(app.screen, SessionsScreen))
+            field = app.screen.query_one("#sessions-reopen", Input)
+            await wait_for(pilot, lambda: field.value == "1", what="the saved count shown")
+
+    run(flag_run())
+    check = HistoryStore.open(path)
+    assert check.preference(REOPEN_KEY) == "1"
+    check.close()
+    run(saved_run())
+
+
 def test_export_and_copy(make_app, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
@@ -106,7 +155,8 @@ def test_export_and_copy(make_app, tmp_path, monkeypatch):
             assert md == (
                 f"# Sort a list?\n\n- session: 1\n- model: tiny-qwen3\n"
                 f"- created: {when(record.created_at)} · updated: {when(record.updated_at)}\n"
-                "- settings: temperature 0 · top_p 0.95 · top_k -1 · max_tokens 6 · seed none · thinking on\n\n"
+                "- settings: temperature 0 · top_p 0.95 · top_k -1 · min_p 0 · repetition_penalty 1 · "
+                "presence_penalty 0 · frequency_penalty 0 · max_tokens 6 · seed none · thinking on\n\n"
                 "## System\n\nYou are a helpful assistant.\n\n## User\n\nSort a list?\n\n"
                 f"## Assistant\n\n{answer_text}\n\n*{message_line(record.messages[1])}*\n"
             )
@@ -120,6 +170,10 @@ def test_export_and_copy(make_app, tmp_path, monkeypatch):
                 ],
                 "temperature": 0.0,
                 "top_p": 0.95,
+                "min_p": 0.0,
+                "repetition_penalty": 1.0,
+                "presence_penalty": 0.0,
+                "frequency_penalty": 0.0,
                 "max_tokens": 6,
             }
             await pilot.press("ctrl+y")  # the last answer
@@ -163,6 +217,7 @@ def test_unusable_history_file_turns_history_off_with_one_line(make_app, tmp_pat
             await wait_for(pilot, lambda: any("history is off" in n for n in notes(app)), what="the notice")
             (line,) = [n for n in notes(app) if "history is off" in n]
             assert "\n" not in line and str(path) in line and "left as it is" in line
+            assert ("newer than" in line) == (kind == "newer")
             await send(pilot, "still works")  # chats work, in memory
             await answered(pilot, 1, 2)
             await pilot.press("ctrl+o")

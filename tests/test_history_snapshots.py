@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("pytest_textual_snapshot")
 
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input, Static
 
 from nanovllm_tui.app.app import NanoVllmApp
 from nanovllm_tui.app.history.chat_history import ChatHistory
@@ -62,15 +62,21 @@ def app(tiny_qwen3_gqa_dir, tmp_path, monkeypatch):
 
 
 def test_sessions_screen(snap_compare, app):
+    def listed(screen) -> bool:
+        """Every chat in the table, its status line written and the saved reopen count in its field."""
+        if not isinstance(screen, SessionsScreen) or screen.query_one(DataTable).row_count != len(CHATS):
+            return False
+        status = str(screen.query_one("#sessions-status", Static).render())
+        return status.startswith(f"{len(CHATS)} chats") and screen.query_one("#sessions-reopen", Input).value == "3"
+
     async def run_before(pilot) -> None:
         await pilot.press("ctrl+o")
-        for _ in range(200):
-            screen = pilot.app.screen
-            if isinstance(screen, SessionsScreen) and screen.query_one(DataTable).row_count == len(CHATS):
-                break
+        deadline = time.monotonic() + 30
+        while not listed(pilot.app.screen):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the sessions screen did not list the {len(CHATS)} saved chats in 30 s")
             await pilot.pause(0.05)
-        for widget in pilot.app.screen.query("Input"):
+        for widget in pilot.app.screen.query(Input):
             widget.cursor_blink = False
-        await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(100, 32), run_before=run_before)

@@ -1,9 +1,8 @@
 """The history store on real SQLite files: round trips, search, rename/delete, reopen, the schema migration,
-files it must refuse without touching them, the writer thread, paths, and exports."""
+files it must refuse without touching them, the writer thread, paths, and the saved preferences."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -12,8 +11,8 @@ import pytest
 
 from nanovllm_tui.app.history import schema
 from nanovllm_tui.app.history.chat_history import ChatHistory
-from nanovllm_tui.app.history.export import render, write_exports
-from nanovllm_tui.app.history.paths import HistoryLocation, default_path, resolve
+from nanovllm_tui.app.history.paths import DEFAULT_REOPEN, HistoryLocation, default_path, resolve
+from nanovllm_tui.app.history.preferences import REOPEN_KEY, save_reopen, saved_reopen
 from nanovllm_tui.app.history.records import MessageRecord, SessionRecord, settings_from, title_from
 from nanovllm_tui.app.history.store import HistoryStore, HistoryUnavailable
 from nanovllm_tui.app.history.writer import HistoryClosed, HistoryWriter
@@ -37,7 +36,18 @@ def store(tmp_path):
 
 
 def test_round_trip_keeps_every_field(store):
-    settings = SessionSettings(system_prompt="Be brief.", temperature=0.2, top_p=0.5, top_k=7, seed=3, thinking=False)
+    settings = SessionSettings(
+        system_prompt="Be brief.",
+        temperature=0.2,
+        top_p=0.5,
+        top_k=7,
+        seed=3,
+        thinking=False,
+        repetition_penalty=1.2,
+        presence_penalty=0.4,
+        frequency_penalty=-0.3,
+        min_p=0.1,
+    )
     sid = store.create_session(SessionRecord("u", "A title", T0, T0, "SmolLM2", settings, is_open=True))
     answer = MessageRecord(
         "assistant", "partial", "why", "stopped", "abort", None, 20, 4, 5, 0.125, 31.5, seq=1, created_at=T0 + 2
@@ -109,6 +119,45 @@ def test_v1_file_is_migrated_with_its_data(tmp_path):
     assert got is not None and got.settings.system_prompt == "sys" and got.settings.temperature == 0.1
     assert [m.status for m in got.messages] == ["complete", "stopped", "failed"]
     assert got.chat_messages() == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "cut"}]
+
+
+def test_v2_file_is_migrated_to_v3_with_its_data_and_settings(tmp_path):
+    path = tmp_path / "v2.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(schema.V1 + schema.V1_TO_V2 + "PRAGMA user_version = 2;")
+    penalties = '{"repetition_penalty": 1.3, "presence_penalty": 0.2, "frequency_penalty": 0.1, "min_p": 0.05}'
+    conn.execute(f"INSERT INTO sessions VALUES (1, 'u', 'v2 chat', 1.0, 2.0, 'm', 'sys', '{penalties}', 1)")
+    conn.execute("INSERT INTO messages (session_id, seq, role, content, created_at) VALUES (1, 0, 'user', 'q', 1.5)")
+    conn.commit()
+    conn.close()
+    store = HistoryStore.open(path)
+    try:
+        assert (store.migrated_from, schema.user_version(store.conn)) == (2, schema.SCHEMA_VERSION)
+        got = store.load(1)
+        assert got is not None and got.is_open and [m.content for m in got.messages] == ["q"]
+        s = got.settings
+        assert (s.repetition_penalty, s.presence_penalty, s.frequency_penalty, s.min_p) == (1.3, 0.2, 0.1, 0.05)
+        assert saved_reopen(store) == DEFAULT_REOPEN  # the new preferences table, empty
+        save_reopen(store, 1)
+    finally:
+        store.close()
+    history = ChatHistory.open(resolve(str(path), False, {}))  # reopened: v3 already, nothing to upgrade
+    assert history.note == f"history: {path}"
+    history.close()
+
+
+def test_preferences_round_trip_and_bad_values_read_as_the_default(store):
+    assert store.preference(REOPEN_KEY) is None and saved_reopen(store) == DEFAULT_REOPEN
+    save_reopen(store, 0)
+    assert saved_reopen(store) == 0
+    save_reopen(store, 7)  # replaces, does not add a row
+    assert saved_reopen(store) == 7
+    assert store.conn.execute("SELECT COUNT(*) FROM preferences").fetchone()[0] == 1
+    for bad in ("many", "-2", ""):  # hand-edited, or another version's
+        store.set_preference(REOPEN_KEY, bad)
+        assert saved_reopen(store) == DEFAULT_REOPEN
+    with pytest.raises(ValueError, match="at least 0"):
+        save_reopen(store, -1)
 
 
 def test_a_failed_migration_leaves_the_version_and_data(tmp_path, monkeypatch):
@@ -240,41 +289,3 @@ def test_settings_and_titles():
     assert title_from("\n  Hello there  \nsecond line") == "Hello there"
     assert title_from("clear \x1b[2J\x1b]0;t\x07 now") == "clear ␛[2J␛]0;t␇ now"  # shown, never obeyed
     assert len(title_from("word " * 40)) == 60 and title_from("word " * 40).endswith("…")
-
-
-def test_exports(tmp_path):
-    settings = SessionSettings(system_prompt="Be brief.", temperature=0.0, max_tokens=32, seed=1, thinking=False)
-    record = SessionRecord("u", "Sort a list?", T0, T0 + 60, "tiny", settings, id=7)
-    record.messages = [
-        MessageRecord("user", "Sort a list?", seq=0),
-        MessageRecord("assistant", "sorted(x)", "think", "complete", "stop", None, 12, 0, 4, 0.05, 40.0, seq=1),
-        MessageRecord("user", "Again", seq=2),
-        MessageRecord("assistant", "", status="failed", finish_reason="error", error="boom", seq=3),
-    ]
-    md_path, json_path = write_exports(record, tmp_path)
-    assert md_path.name == "chat-7-sort-a-list.md" and json_path.name == "chat-7-sort-a-list.json"
-    assert md_path.read_text() == (
-        "# Sort a list?\n\n- session: 7\n- model: tiny\n"
-        "- created: 2026-05-28 20:26 UTC · updated: 2026-05-28 20:27 UTC\n"
-        "- settings: temperature 0 · top_p 0.95 · top_k -1 · max_tokens 32 · seed 1 · thinking off\n\n"
-        "## System\n\nBe brief.\n\n## User\n\nSort a list?\n\n"
-        "## Assistant\n\n<details>\n<summary>Reasoning</summary>\n\nthink\n\n</details>\n\nsorted(x)\n\n"
-        "*TTFT 50 ms · 40.0 tok/s · 4 tokens · 0/12 prompt tokens cached*\n\n"
-        "## User\n\nAgain\n\n## Assistant\n\n*failed: boom*\n"
-    )
-    assert json.loads(json_path.read_text()) == {
-        "model": "tiny",
-        "messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Sort a list?"},
-            {"role": "assistant", "content": "sorted(x)", "reasoning_content": "think"},
-            {"role": "user", "content": "Again"},
-        ],
-        "temperature": 0.0,
-        "top_p": 0.95,
-        "max_tokens": 32,
-        "seed": 1,
-        "chat_template_kwargs": {"enable_thinking": False},
-    }
-    with pytest.raises(ValueError, match="unknown export format 'txt'"):
-        render(record, "txt")

@@ -1,1 +1,2 @@
-"""Saved chats: a SQLite history (store, schema), its writer thread, the app-side recorder, and exports."""
+"""Saved chats: a SQLite history (store, schema, app-wide preferences), its writer thread, the app-side recorder,
+and exports."""

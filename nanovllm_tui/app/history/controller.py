@@ -16,6 +16,7 @@ from textual.widgets import TabbedContent
 from nanovllm_tui.app.history.chat_history import ChatHistory
 from nanovllm_tui.app.history.export import write_exports
 from nanovllm_tui.app.history.panes import SystemPromptView, set_tab_title, show_record, show_system_prompt
+from nanovllm_tui.app.history.preferences import saved_reopen
 from nanovllm_tui.app.history.recorder import Recorder
 from nanovllm_tui.app.history.records import MessageRecord, SessionRecord
 from nanovllm_tui.app.history.store import HistoryStore
@@ -43,6 +44,7 @@ class HistoryController:
     """History for one NanoVllmApp. `history` None: off, silently (tests and embedders that did not ask)."""
 
     def __init__(self, app: NanoVllmApp, history: ChatHistory | None, reopen: int):
+        """reopen: how many chats to reopen at start (paths.REOPEN_SAVED: the count saved in the history)."""
         self.app = app
         self.history = history if history is not None else ChatHistory(None, "")
         self.reopen = reopen
@@ -62,11 +64,11 @@ class HistoryController:
         h = self.history
         if h.note and (not h.enabled or h.shared) and not h.note.endswith("--no-history"):
             self.app.notify(h.note, severity="warning", timeout=15)
-        if h.writer is None or h.shared or self.reopen <= 0:
+        if h.writer is None or h.shared or self.reopen == 0:
             return False
-        limit = self.reopen
+        flag = self.reopen  # REOPEN_SAVED (below 0): --reopen was not given, the saved count decides
         try:
-            records = await self.call(lambda store: store.reopen(limit))
+            records = await self.call(lambda store: store.reopen(saved_reopen(store) if flag < 0 else flag))
         except Exception as exc:
             self.app.notify(f"could not reopen saved chats: {exc}", severity="error")
             return False
@@ -173,7 +175,11 @@ class HistoryController:
                 await self.open_record(record)
 
         screen = SessionsScreen(
-            self.history.writer, self.history.note, is_open_here=self.is_open_here, on_renamed=self.recorder.renamed
+            self.history.writer,
+            self.history.note,
+            is_open_here=self.is_open_here,
+            on_renamed=self.recorder.renamed,
+            reopen_flag=self.reopen,
         )
         self.app.push_screen(screen, chosen)
 

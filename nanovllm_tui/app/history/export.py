@@ -1,7 +1,8 @@
 """A saved session as Markdown (for people) or as an OpenAI chat-completions request body (for programs).
 
-The JSON is `{"model", "messages", "temperature", "top_p", "max_tokens"}` plus `top_k` and `seed` when set and
-`chat_template_kwargs.enable_thinking = false` when thinking is off (vLLM's names); an answer's reasoning goes in
+The JSON is `{"model", "messages", "temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+"frequency_penalty", "max_tokens"}` plus `top_k` and `seed` when set and `chat_template_kwargs.enable_thinking =
+false` when thinking is off (vLLM's names, which `nanovllm-tui serve` takes too); an answer's reasoning goes in
 `reasoning_content` as vLLM returns it. Turns that failed before any text are left out of the JSON (they were
 never part of the conversation) and shown in the Markdown.
 """
@@ -45,11 +46,14 @@ def message_line(m: MessageRecord) -> str:
 
 
 def settings_line(record: SessionRecord) -> str:
+    """Every sampling setting of the session, in the settings screen's order, on one line."""
     s = record.settings
     seed = "none" if s.seed is None else str(s.seed)
     return (
-        f"temperature {s.temperature:g} · top_p {s.top_p:g} · top_k {s.top_k} · max_tokens {s.max_tokens} · "
-        f"seed {seed} · thinking {'on' if s.thinking else 'off'}"
+        f"temperature {s.temperature:g} · top_p {s.top_p:g} · top_k {s.top_k} · min_p {s.min_p:g} · "
+        f"repetition_penalty {s.repetition_penalty:g} · presence_penalty {s.presence_penalty:g} · "
+        f"frequency_penalty {s.frequency_penalty:g} · max_tokens {s.max_tokens} · seed {seed} · "
+        f"thinking {'on' if s.thinking else 'off'}"
     )
 
 
@@ -94,6 +98,12 @@ def to_openai(record: SessionRecord) -> dict[str, Any]:
         "messages": messages,
         "temperature": s.temperature,
         "top_p": s.top_p,
+        # Always written, neutral values too: the file then says what sampled the chat without a reader
+        # having to know each server's defaults.
+        "min_p": s.min_p,
+        "repetition_penalty": s.repetition_penalty,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
         "max_tokens": s.max_tokens,
     }
     if s.top_k != -1:

@@ -1,7 +1,8 @@
 """Where the chat history lives: --no-history, --history PATH, $NANOVLLM_TUI_HISTORY, then the XDG data dir.
 
 The default is $XDG_DATA_HOME/nanovllm-tui/history.sqlite3, or ~/.local/share/nanovllm-tui/history.sqlite3 when
-XDG_DATA_HOME is unset or relative (the XDG spec says to ignore a relative value).
+XDG_DATA_HOME is unset or relative (the XDG spec says to ignore a relative value). `--reopen N` overrides, for one
+run, how many chats are reopened at start (otherwise a preference saved in the file).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from nanovllm_tui.app.engine_args import int_at_least
 ENV_VAR = "NANOVLLM_TUI_HISTORY"
 APP_DIR = "nanovllm-tui"
 FILE_NAME = "history.sqlite3"
-DEFAULT_REOPEN = 3
+DEFAULT_REOPEN = 3  # chats reopened at start until the user saves another count (ctrl+o)
+REOPEN_SAVED = -1  # --reopen not given: reopen as many as the history file's saved preference says
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,8 @@ def add_history_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--reopen",
         type=int_at_least(0),
-        default=DEFAULT_REOPEN,
+        default=REOPEN_SAVED,
         metavar="N",
-        help="reopen the N most recent chats as tabs at start (0: start with a new chat)",
+        help="reopen the N most recent chats as tabs at start, this run only (0: start with a new chat; "
+        f"default: the count saved on the saved-chats screen, ctrl+o, {DEFAULT_REOPEN} until one is saved)",
     )

@@ -2,8 +2,10 @@
 
 v1: sessions (title, times, model, system prompt, sampling settings as JSON) and messages (role, text, reasoning,
 finish reason, token counts, TTFT, tok/s). v2: each message's status (complete / stopped / failed) and error, its
-cached prompt tokens, and whether a session is open as a tab. A new version appends one migration here; a database
-from a newer version than SCHEMA_VERSION is never touched.
+cached prompt tokens, and whether a session is open as a tab. v3: app-wide preferences as key/value text (how many
+chats to reopen at start). A session's sampling settings (penalties and min_p included) live in its JSON `settings`
+column, so a new setting needs no migration. A new version appends one migration here; a database from a newer
+version than SCHEMA_VERSION is never touched.
 """
 
 from __future__ import annotations
@@ -48,8 +50,15 @@ ALTER TABLE sessions ADD COLUMN open INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX sessions_by_update ON sessions(updated_at);
 """
 
+V2_TO_V3 = """
+CREATE TABLE preferences (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
 # MIGRATIONS[v] takes a database at version v to v + 1; version 0 is an empty file.
-MIGRATIONS: dict[int, str] = {0: V1, 1: V1_TO_V2}
+MIGRATIONS: dict[int, str] = {0: V1, 1: V1_TO_V2, 2: V2_TO_V3}
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -143,6 +143,13 @@ class HistoryStore:
         """Delete a session and (by cascade) its messages."""
         self.conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
 
+    def set_preference(self, key: str, value: str) -> None:
+        """Store an app-wide preference (replacing its old value)."""
+        self.conn.execute(
+            "INSERT INTO preferences (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
     # -- reads -------------------------------------------------------------------------------------
     def list_sessions(self, query: str = "", limit: int = -1) -> list[SessionRecord]:
         """Sessions newest first, with their message counts; `query` keeps those whose title or any message
@@ -177,6 +184,11 @@ class HistoryStore:
         )
         record.messages = [self._message(row) for row in rows]
         return record
+
+    def preference(self, key: str) -> str | None:
+        """An app-wide preference as stored, or None when it was never set."""
+        row = self.conn.execute("SELECT value FROM preferences WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def load_uid(self, uid: str) -> SessionRecord | None:
         row = self.conn.execute("SELECT id FROM sessions WHERE uid = ?", (uid,)).fetchone()

@@ -1,4 +1,5 @@
-"""The sessions screen: every saved chat, searchable by title and text; open, rename, or delete one (confirmed).
+"""The sessions screen: every saved chat, searchable by title and text; open, rename, or delete one (confirmed);
+and how many chats to reopen at start, saved in the history file (--reopen N overrides it for one run).
 
 It reads and writes only through the history writer (futures awaited off the UI thread's critical path) and
 returns the chosen chat's SessionRecord, or None.
@@ -19,6 +20,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, Static
 
+from nanovllm_tui.app.history.paths import REOPEN_SAVED
+from nanovllm_tui.app.history.preferences import save_reopen, saved_reopen
 from nanovllm_tui.app.history.records import SessionRecord
 from nanovllm_tui.app.history.writer import HistoryWriter
 from nanovllm_tui.app.text import inert
@@ -104,18 +107,24 @@ class SessionsScreen(ModalScreen[SessionRecord | None]):
         *,
         is_open_here: Callable[[str], bool] = lambda uid: False,
         on_renamed: Callable[[str, str], None] = lambda uid, title: None,
+        reopen_flag: int = REOPEN_SAVED,
     ):
         super().__init__()
         self.writer = writer
         self.note = note
         self.is_open_here = is_open_here
         self.on_renamed = on_renamed
+        self.reopen_flag = reopen_flag  # --reopen N of this run (REOPEN_SAVED: not given)
+        self.reopen_saved: int | None = None  # the count in the file, once read
         self.records: list[SessionRecord] = []
 
     def compose(self) -> ComposeResult:
         with Vertical(id="sessions-dialog") as dialog:
             dialog.border_title = "Saved chats"
-            yield Input(placeholder="search titles and messages", id="sessions-search", compact=True)
+            with Horizontal(id="sessions-header"):
+                yield Input(placeholder="search titles and messages", id="sessions-search", compact=True)
+                yield Label("reopen at start:", id="sessions-reopen-label")
+                yield Input(id="sessions-reopen", restrict=r"[0-9]*", max_length=3, compact=True)
             yield DataTable(id="sessions-table", cursor_type="row", zebra_stripes=True)
             yield Static(id="sessions-status")
             with Horizontal(classes="history-buttons"):
@@ -129,6 +138,7 @@ class SessionsScreen(ModalScreen[SessionRecord | None]):
         table.add_columns("id", "updated", "msgs", "model", "title")
         self.query_one("#sessions-search", Input).focus()
         self.reload()
+        self.load_reopen()
 
     # -- data --------------------------------------------------------------------------------------
     async def _call(self, fn: Callable[[Any], Any]) -> Any:
@@ -158,6 +168,34 @@ class SessionsScreen(ModalScreen[SessionRecord | None]):
         found = f"{len(records)} chat{'s' if len(records) != 1 else ''}"
         self._status(f"{found} matching {query!r} · {self.note}" if query else f"{found} · {self.note}")
 
+    @work(exclusive=True, group="sessions-reopen")
+    async def load_reopen(self) -> None:
+        """Show the saved count of chats to reopen (the field is off while history is)."""
+        field = self.query_one("#sessions-reopen", Input)
+        try:
+            count = await self._call(saved_reopen)
+        except Exception:  # history off or unreadable: reload() says why
+            field.disabled = True
+            return
+        self.reopen_saved = count
+        field.value = str(count)  # its Changed event matches reopen_saved: nothing is written
+
+    @work(exclusive=True, group="sessions-reopen")
+    async def store_reopen(self, text: str) -> None:
+        """Save a new count of chats to reopen at start (an empty field, mid-edit, is not saved)."""
+        if not text or self.reopen_saved is None or int(text) == self.reopen_saved:
+            return
+        count = int(text)
+        try:
+            await self._call(lambda store: save_reopen(store, count))
+        except Exception as exc:
+            self._status(f"cannot save the reopen count: {exc}", error=True)
+            return
+        self.reopen_saved = count
+        what = f"reopen the {count} most recent open chat{'s' * (count != 1)}" if count else "start with a new chat"
+        flag = f" (this run: --reopen {self.reopen_flag})" if self.reopen_flag >= 0 else ""
+        self._status(f"saved: {what} at start{flag}")
+
     def _status(self, text: str, error: bool = False) -> None:
         self.query_one("#sessions-status", Static).update(Text(text, style="bold red" if error else "dim"))
 
@@ -170,9 +208,14 @@ class SessionsScreen(ModalScreen[SessionRecord | None]):
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "sessions-search":
             self.reload()
+        elif event.input.id == "sessions-reopen":
+            self.store_reopen(event.value)
 
     async def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
+        if event.input.id == "sessions-reopen":  # saved as typed: enter just moves on to the list
+            self.action_focus_table()
+            return
         await self.action_open()
 
     async def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
