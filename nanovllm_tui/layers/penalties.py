@@ -12,7 +12,18 @@ from typing import Protocol
 
 import torch
 
-from nanovllm_tui.engine.sampling_params import SamplingParams
+
+class PenaltyParams(Protocol):
+    """The fields of a request's SamplingParams that build_penalties reads (layers import nothing above them)."""
+
+    @property
+    def repetition_penalty(self) -> float: ...
+    @property
+    def presence_penalty(self) -> float: ...
+    @property
+    def frequency_penalty(self) -> float: ...
+    @property
+    def min_p(self) -> float: ...
 
 
 class PenalizedSequence(Protocol):
@@ -20,7 +31,9 @@ class PenalizedSequence(Protocol):
 
     token_ids: list[int]
     num_prompt_tokens: int
-    sampling_params: SamplingParams
+
+    @property
+    def sampling_params(self) -> PenaltyParams: ...
 
 
 @dataclass

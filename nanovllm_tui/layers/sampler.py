@@ -78,17 +78,21 @@ class Sampler(nn.Module):
         if top_ps is not None:
             logits = _apply_top_p(logits, top_ps)
         probs = torch.softmax(logits, dim=-1)
-        noise = torch.empty_like(probs)
-        if generators is None or not any(g is not None for g in generators):
-            noise.exponential_()
-        else:
-            for i, g in enumerate(generators):
-                # Per-row draws on the CPU generator keep seeded rows independent of the batch.
-                row = torch.empty(probs.shape[1], dtype=torch.float32).exponential_(generator=g)
-                noise[i] = row.to(noise.device)
-        sampled = probs.div(noise.clamp_min(1e-10)).argmax(dim=-1)
+        sampled = probs.div(_exponential_noise(probs, generators).clamp_min(1e-10)).argmax(dim=-1)
         tokens = torch.where(greedy_rows, greedy, sampled)
         return tokens if finite is None else _flag(tokens, finite)
+
+
+def _exponential_noise(probs: torch.Tensor, generators: list[torch.Generator | None] | None) -> torch.Tensor:
+    """Exp(1) noise shaped like probs (Gumbel-max via probs / noise); rows with a generator draw from it."""
+    noise = torch.empty_like(probs)
+    if generators is None or not any(g is not None for g in generators):
+        return noise.exponential_()
+    for i, g in enumerate(generators):
+        # Per-row draws on the CPU generator keep seeded rows independent of the batch.
+        row = torch.empty(probs.shape[1], dtype=torch.float32).exponential_(generator=g)
+        noise[i] = row.to(noise.device)
+    return noise
 
 
 @functools.cache
