@@ -32,10 +32,10 @@ ENGINE_FLAGS = [
 class ServerProcess:
     """The serve command in a subprocess; its stdout lines are collected on a thread and waited on with deadlines."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
         cmd = [sys.executable, "-m", "nanovllm_tui.app.cli", "serve", "--headless", "--port", "0", *args]
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
         )
         self.lines: list[str] = []
         self._new: queue.Queue[str] = queue.Queue()
