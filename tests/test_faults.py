@@ -130,7 +130,7 @@ def test_kv_cache_too_big_for_memory_is_one_clear_line(tiny_qwen3_gqa_dir):
     with pytest.raises(ValueError) as info:
         LLM(str(tiny_qwen3_gqa_dir), kvcache_block_size=16, max_model_len=128, kv_cache_memory=1 << 52)
     msg = str(info.value)
-    assert "\n" not in msg and "cannot allocate a KV cache" in msg and "--kv-cache-memory" in msg, msg
+    assert "\n" not in msg and "cannot allocate a KV cache" in msg and "kv_cache_memory=" in msg, msg
 
 
 def test_kv_cache_allocator_oom_is_one_clear_line(tiny_qwen3_gqa_dir, monkeypatch):
@@ -145,9 +145,9 @@ def test_kv_cache_allocator_oom_is_one_clear_line(tiny_qwen3_gqa_dir, monkeypatc
         LLM(str(tiny_qwen3_gqa_dir), kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=1000)
     msg = str(info.value)
     assert "\n" not in msg, msg
-    assert "CUDA out of memory" in msg and "--num-kvcache-blocks" in msg and "--gpu-memory-utilization" in msg
+    assert "CUDA out of memory" in msg and "num_kvcache_blocks=" in msg and "gpu_memory_utilization=" in msg
 
 
 def test_kv_cache_memory_below_one_block_names_the_flag(tiny_qwen3_gqa_dir):
-    with pytest.raises(ValueError, match=r"kv_cache_memory=1 bytes holds no block.*--kv-cache-memory"):
+    with pytest.raises(ValueError, match=r"kv_cache_memory=1 bytes holds no block.*raise kv_cache_memory="):
         LLM(str(tiny_qwen3_gqa_dir), kvcache_block_size=16, max_model_len=128, kv_cache_memory=1)

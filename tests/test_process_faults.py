@@ -162,7 +162,7 @@ STALL_LOAD = """
 import os, pathlib, threading
 import nanovllm_tui.engine.execution.loader as loader
 
-def load_model(model, model_dir):
+def load_model(model, model_dir, progress=None):
     pathlib.Path(os.environ["NANOVLLM_TEST_LOADING"]).write_text(str(os.getpid()))
     threading.Event().wait()
 

@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,12 +24,14 @@ from nanovllm_tui.app.engine_args import (
     OneLineParser,
     add_engine_args,
     check_model_dir,
+    cli_message,
     engine_kwargs,
     one_line,
     resolve_model_dir,
     torch_threads,
 )
 from nanovllm_tui.app.history.paths import add_history_args
+from nanovllm_tui.bench.phases import PhasePrinter
 
 if TYPE_CHECKING:
     from nanovllm_tui.engine.serving.protocol import EngineInfo, Service
@@ -81,8 +84,9 @@ def check_capacity(info: EngineInfo) -> None:
         )
 
 
-def _make_service(args: argparse.Namespace, model_dir: str) -> Service:
-    """The engine service: in its own process unless --engine-thread. Engine start-up errors become CliError."""
+def _make_service(args: argparse.Namespace, model_dir: str, progress: PhasePrinter) -> Service:
+    """The engine service: in its own process unless --engine-thread. Engine start-up errors become CliError,
+    their API argument names (num_kvcache_blocks=) turned into our flags (--num-kvcache-blocks)."""
     try:
         if args.engine_thread:
             import torch
@@ -90,22 +94,29 @@ def _make_service(args: argparse.Namespace, model_dir: str) -> Service:
             from nanovllm_tui.engine.serving.thread_service import EngineService
 
             torch.set_num_threads(torch_threads(args))
-            return EngineService(model_dir, **engine_kwargs(args))
+            return EngineService(model_dir, progress=progress, **engine_kwargs(args))
         from nanovllm_tui.engine.serving.process_service import ProcessEngineService
 
-        # The engine process re-raises its start-up errors here with the same type and message.
+        # The engine process re-raises its start-up errors here with the same type and message; it gets a copy
+        # of `progress` and draws its load phases on our terminal (it goes quiet only once it is ready).
         return ProcessEngineService(
-            model_dir, torch_threads=torch_threads(args), quiet=not args.debug, **engine_kwargs(args)
+            model_dir, torch_threads=torch_threads(args), quiet=not args.debug, progress=progress, **engine_kwargs(args)
         )
     except (ValueError, TypeError) as exc:  # ModelLoadError is a ValueError; messages name the fix
-        raise CliError(one_line(exc)) from None
+        raise CliError(cli_message(one_line(exc))) from None
 
 
 def start_service(args: argparse.Namespace) -> tuple[Service, str]:
-    """The engine service the app talks to (its KV cache checked), and the model's name."""
-    model_dir = resolve_model_dir(args)
-    print(f"loading {model_dir} …", flush=True)  # stdout: stderr carries only the error line
-    service = _make_service(args, model_dir)
+    """The engine service the app talks to (its KV cache checked), and the model's name. Each start-up phase
+    (the demo model's, the engine's load and CUDA graphs) ends with a line on stdout, drawn live meanwhile."""
+    # stdout: stderr carries only the error line. A phase that fails leaves its live line erased, not half drawn.
+    with PhasePrinter("stdout", prefix="demo model ") as demo:
+        model_dir = resolve_model_dir(args, demo)
+    print(f"loading {model_dir} …", flush=True)
+    start = time.monotonic()
+    with PhasePrinter("stdout") as engine:
+        service = _make_service(args, model_dir, engine)
+    print(f"engine ready in {time.monotonic() - start:.1f} s", flush=True)
     try:
         check_capacity(service.engine_info())
     except BaseException:
@@ -173,7 +184,7 @@ def _start(args: argparse.Namespace) -> tuple[Service, str] | int:
         if args.debug:
             raise
         print(
-            f"nanovllm-tui: error: loading the model failed: {one_line(exc)} (--debug shows the traceback)",
+            f"nanovllm-tui: error: loading the model failed: {cli_message(one_line(exc))} (--debug shows the traceback)",
             file=sys.stderr,
         )
         return 1

@@ -10,13 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 POLICIES = ("mixed", "prefill_first")
 SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM")
+# The flag that sets each LLM(...) keyword: engine errors name the keyword (`num_kvcache_blocks=`), a CLI the flag.
+_SAME_NAME = "model device dtype max_model_len num_kvcache_blocks kv_cache_memory gpu_memory_utilization max_num_seqs"
+_SAME_NAME += " max_num_batched_tokens mixed_prefill_tokens tensor_parallel_size attention_backend"
+FLAG_OF = {k: "--" + k.replace("_", "-") for k in _SAME_NAME.split()}
+FLAG_OF |= {"kvcache_block_size": "--block-size", "scheduling_policy": "--policy"}
+_API_ARG = re.compile(rf"\b({'|'.join(FLAG_OF)})=(?:'([^']*)'|\"([^\"]*)\"|([^\s,;)]*))")
 
 
 class CliError(ValueError):
@@ -26,6 +32,11 @@ class CliError(ValueError):
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (the CLIs' error contract)."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def cli_message(message: str) -> str:
+    """An engine error as a CLI shows it: each API argument `name=value` becomes its flag `--flag value`."""
+    return _API_ARG.sub(lambda m: " ".join(filter(None, (FLAG_OF[m[1]], m[2] or m[3] or m[4]))), message)
 
 
 def parse_size(text: str) -> int:
@@ -267,13 +278,13 @@ def check_model_dir(path: str) -> None:
         )
 
 
-def resolve_model_dir(args: argparse.Namespace) -> str:
-    """--model checked cheaply, or the demo model prepared (with progress on stderr)."""
+def resolve_model_dir(args: argparse.Namespace, progress: Callable[[str, int, int, str], None] | None = None) -> str:
+    """--model checked cheaply, or the demo model prepared (its phases to progress, see bench/phases.py)."""
     if args.model is None:
         from nanovllm_tui.engine.demo_model import DemoModelError, ensure_demo_model
 
         try:
-            return str(ensure_demo_model(progress=lambda msg: print(f"demo model: {msg}", file=sys.stderr)))
+            return str(ensure_demo_model(progress=progress))
         except DemoModelError as exc:
             raise CliError(one_line(exc)) from None
     model_dir = os.path.expanduser(args.model)

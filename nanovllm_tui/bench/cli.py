@@ -1,5 +1,8 @@
 """`nanovllm-tui bench`: parse flags, build the model and engine, run the workload (and transformers on it),
-compute the floor, print tables, write --json / --trace. Imports no UI code: it runs on bare GPU boxes."""
+compute the floor, print tables, write --json / --trace. Imports no UI code: it runs on bare GPU boxes.
+
+Tables go to stdout; the phases before the timed run (demo model, engine load, CUDA graphs, warm-up) and the
+progress bars go to stderr (bench/phases.py), live only on a terminal and without --no-progress."""
 
 from __future__ import annotations
 
@@ -9,9 +12,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from nanovllm_tui.app.engine_args import torch_threads
+from nanovllm_tui.app.engine_args import cli_message, torch_threads
 from nanovllm_tui.bench import args as bench_args
 from nanovllm_tui.bench import report
+from nanovllm_tui.bench.phases import PhasePrinter
 from nanovllm_tui.bench.results import OfflineResult
 from nanovllm_tui.bench.workload import BenchRequest, make_offline_workload, poisson_arrivals
 
@@ -32,7 +36,8 @@ def _prepare(ns: argparse.Namespace) -> tuple[str, Any, list[BenchRequest]]:
         raise ValueError("offline mode runs one --policy; pass a comma list only in online mode")
     if ns.json_path:
         report.check_writable(ns.json_path, "--json")
-    model_dir = str(resolve_model(ns.model, ns.config, ns.cache_dir))
+    with _printer(ns, prefix="demo model ") as demo:  # a failed phase leaves no live line behind
+        model_dir = str(resolve_model(ns.model, ns.config, ns.cache_dir, demo))
     hf_config = load_hf_config(model_dir)
     if ns.max_token_id >= hf_config.vocab_size:
         raise ValueError(
@@ -47,6 +52,11 @@ def _prepare(ns: argparse.Namespace) -> tuple[str, Any, list[BenchRequest]]:
             f"{ns.max_model_len}; raise --max-model-len or lower --prompt-len / --output-len"
         )
     return model_dir, hf_config, workload
+
+
+def _printer(ns: argparse.Namespace, prefix: str = "") -> PhasePrinter:
+    """Where the phases before the timed run are told: stderr, live unless --no-progress."""
+    return PhasePrinter("stderr", prefix=prefix, live=not ns.no_progress)
 
 
 def _document(ns: argparse.Namespace, model_dir: str, hf_config: Any, workload: list[BenchRequest], device, dtype):
@@ -99,7 +109,8 @@ def _run_online(ns: argparse.Namespace, model_dir: str, workload: list[BenchRequ
     arrivals = poisson_arrivals(len(workload), ns.request_rate, ns.seed)
     trace = report.TraceWriter(ns.trace) if ns.trace else None
     t0 = time.perf_counter()
-    service = EngineService(model_dir, **kwargs)
+    with _printer(ns) as phases:
+        service = EngineService(model_dir, progress=phases, **kwargs)
     doc["engine"] = _engine_doc(service.engine_info(), time.perf_counter() - t0, kwargs["mixed_prefill_tokens"])
     doc["online"] = {}
     try:
@@ -118,6 +129,7 @@ def _run_online(ns: argparse.Namespace, model_dir: str, workload: list[BenchRequ
                 progress=not ns.no_progress,
                 max_concurrency=ns.max_concurrency,
                 run_id=f"bench-{policy}",
+                say=phases.say,
             )
             if trace is not None:
                 for step in steps:
@@ -152,12 +164,19 @@ def _run_offline(
 
     trace = report.TraceWriter(ns.trace) if ns.trace else None
     t0 = time.perf_counter()
-    llm = LLM(model_dir, **bench_args.engine_kwargs(ns))
+    with _printer(ns) as phases:
+        llm = LLM(model_dir, progress=phases, **bench_args.engine_kwargs(ns))
     info = engine_info_of(llm)
     doc["engine"] = _engine_doc(info, time.perf_counter() - t0, llm.config.mixed_prefill_tokens)
     try:
         ours = run_offline(
-            llm, workload, ns.temperature, warmup=not ns.no_warmup, progress=not ns.no_progress, on_step=trace
+            llm,
+            workload,
+            ns.temperature,
+            warmup=not ns.no_warmup,
+            progress=not ns.no_progress,
+            on_step=trace,
+            say=phases.say,
         )
         print(report.nano_vllm_line(ours))
     finally:
@@ -253,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         doc = run(ns)
     except ValueError as exc:  # user-facing problems (bad flags, model dir, sizes): one line, no traceback
-        print(f"nanovllm-tui bench: error: {exc}", file=sys.stderr)
+        print(f"nanovllm-tui bench: error: {cli_message(str(exc))}", file=sys.stderr)
         return 2
     if ns.json_path:
         report.write_json(ns.json_path, doc)

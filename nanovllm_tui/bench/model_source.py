@@ -13,8 +13,8 @@ import json
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
+from collections.abc import Callable
 
 from nanovllm_tui.bench.random_model import save_minimal_tokenizer, save_random_model
 
@@ -65,8 +65,14 @@ def random_model_dir(config_path: str, cache_dir: str | os.PathLike | None = Non
     return target
 
 
-def resolve_model(model: str | None, config: str | None, cache_dir: str | None = None) -> pathlib.Path:
-    """--model DIR checked cheaply, the random-weight dir for --config JSON, or (neither) the demo model."""
+def resolve_model(
+    model: str | None,
+    config: str | None,
+    cache_dir: str | None = None,
+    progress: Callable[[str, int, int, str], None] | None = None,
+) -> pathlib.Path:
+    """--model DIR checked cheaply, the random-weight dir for --config JSON, or (neither) the demo model
+    (its preparation's phases to progress, see bench/phases.py)."""
     from nanovllm_tui.app.engine_args import check_model_dir
 
     if model is not None and config is not None:
@@ -80,6 +86,6 @@ def resolve_model(model: str | None, config: str | None, cache_dir: str | None =
     from nanovllm_tui.engine.demo_model import DemoModelError, ensure_demo_model
 
     try:
-        return ensure_demo_model(progress=lambda msg: print(f"demo model: {msg}", file=sys.stderr))
+        return ensure_demo_model(progress=progress)
     except DemoModelError as exc:
         raise ValueError(str(exc)) from None

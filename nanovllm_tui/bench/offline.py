@@ -15,13 +15,22 @@ from nanovllm_tui.engine.stats import StepStats
 WARMUP_PROMPT = "Benchmark: "  # nano-vllm's warm-up: llm.generate(["Benchmark: "], SamplingParams())
 
 
-def warm_up(llm) -> None:
-    """One request with default sampling (nano-vllm's warm-up), so one-time costs stay out of the timed run."""
+def warm_up(llm, say: Callable[[str], None] | None = None) -> None:
+    """One request with default sampling (nano-vllm's warm-up), so one-time costs stay out of the timed run;
+    say() hears `warming up: 1 request…` before and `warm-up done in X s` after (it takes ~40 s on CPU)."""
+    tell = say or _silent
+    start = time.perf_counter()
+    tell("warming up: 1 request…")
     ids = llm.tokenize(WARMUP_PROMPT) or [0]
     sp = SamplingParams(max_tokens=min(64, max(1, llm.config.max_model_len - len(ids))))
     llm.add_request(ids, sp, detokenize=False)
     while llm.has_unfinished_requests():
         llm.step()
+    tell(f"warm-up done in {time.perf_counter() - start:.1f} s")
+
+
+def _silent(line: str) -> None:
+    """say() when nobody listens."""
 
 
 def run_offline(
@@ -31,10 +40,12 @@ def run_offline(
     warmup: bool = True,
     progress: bool = True,
     on_step: Callable[[StepStats], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> OfflineResult:
-    """Queue the whole workload (ignore_eos), step until done; on_step gets engine.last_step after each step."""
+    """Queue the whole workload (ignore_eos), step until done; on_step gets engine.last_step after each step;
+    say() hears the warm-up's start and end (before the timed run's bar)."""
     if warmup:
-        warm_up(llm)
+        warm_up(llm, say)
     params = [SamplingParams(temperature=temperature, max_tokens=r.max_tokens, ignore_eos=True) for r in workload]
     expected = total_output_tokens(workload)
     bar = tqdm(total=expected, desc="nanovllm-tui", unit="tok", disable=not progress, dynamic_ncols=True)

@@ -4,7 +4,8 @@ TPOT and end-to-end latency (as vLLM's benchmark_serving reports them) from the 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ def run_online(
     max_concurrency: int | None = None,
     run_id: str = "bench",
     timeout: float = 3600.0,
+    say: Callable[[str], None] | None = None,
 ) -> tuple[OnlineResult, list[StepStats]]:
     """Submit request i at arrivals[i] seconds after the start (ignore_eos), wait for all, summarise.
 
@@ -43,10 +45,16 @@ def run_online(
     max_concurrency, a request whose time has come waits until fewer than that many are in flight (vLLM's
     --max-concurrency); its TTFT counts from submit. Also returns every StepStats of the run (collected by a
     subscriber, so none is lost to the service's ring buffer). `policy` is the one the service runs now.
+    say() hears the warm-up's start and end (before the timed run's bar).
     """
     if warmup:
+        start = time.perf_counter()
+        if say is not None:
+            say("warming up: 1 request…")
         ids = service.tokenize(WARMUP_PROMPT) or [0]
         service.submit(ids, SamplingParams(max_tokens=16)).result(timeout=600)
+        if say is not None:
+            say(f"warm-up done in {time.perf_counter() - start:.1f} s")
     driver = LoadDriver(
         service,
         workload,

@@ -12,7 +12,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is visible; use --device cpu")
+        raise ValueError("device='cuda' requested but no CUDA GPU is visible; use device='cpu'")
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise ValueError(f"device {name!r} is not supported; use auto, cpu or cuda")
     return torch.device(name)

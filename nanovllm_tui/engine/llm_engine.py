@@ -3,11 +3,16 @@
 This file builds the engine from a model directory and holds the request API (validate, add, abort) and the
 totals; the step loop is EngineCore (engine_core.py). The engine is single-threaded and knows nothing of
 streaming or UIs; engine/serving wraps it.
+
+progress: an optional callback progress(phase, done, total, unit) that hears the start-up phases, "load"
+(checkpoint bytes read) and, on CUDA, "cuda graphs" (graphs captured); done == total ends a phase. It is never
+called once the engine is built (the CLIs draw it with bench.phases.PhasePrinter).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from nanovllm_tui.engine.config import Config
@@ -27,9 +32,13 @@ from nanovllm_tui.engine.stats import EngineStats
 from nanovllm_tui.engine.text.detokenizer import IncrementalDetokenizer
 from nanovllm_tui.engine.text.tokenizer import eos_token_ids, load_tokenizer
 
+# (phase, done, total, unit): the start-up phases, as engine/demo_model.Progress reports them too.
+ProgressFn = Callable[[str, int, int, str], None]
+
 
 class LLMEngine(EngineCore):
-    def __init__(self, model: str, **kwargs: Any) -> None:
+    def __init__(self, model: str, *, progress: ProgressFn | None = None, **kwargs: Any) -> None:
+        self._progress = progress  # read by _make_runner only (its signature is a test seam)
         config = Config.from_kwargs(model, **kwargs)
         config.hf_config = load_hf_config(config.model)
         check_hf_config(config.hf_config, os.path.join(config.model, "config.json"))
@@ -48,8 +57,8 @@ class LLMEngine(EngineCore):
         if config.tensor_parallel_size > 1:  # rank 0 runs here; ranks 1..N-1 are worker processes
             from nanovllm_tui.engine.tp.runner import TPModelRunner
 
-            return TPModelRunner(config)
-        return ModelRunner(config)
+            return TPModelRunner(config, self._progress)
+        return ModelRunner(config, self._progress)
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers, if any (also done at exit); the engine cannot step after this."""

@@ -144,12 +144,15 @@ class CUDAGraphRunner:
         return self.mixed_meta(size) if kind == "mixed" else self.meta(size)
 
     @torch.inference_mode()
-    def capture(self) -> None:
+    def capture(self, progress: Callable[[str, int, int, str], None] | None = None) -> None:
         """Capture every graph, largest first (mixed, then decode) so smaller graphs reuse its memory pool; then
-        the sampling graphs, which read the decode graphs' outputs."""
+        the sampling graphs, which read the decode graphs' outputs. progress hears ("cuda graphs", n, total)."""
         b64, b32 = self.buffers.b64, self.buffers.b32
         pool = None
         keys = [("mixed", t) for t in reversed(self.token_buckets)] + [("decode", b) for b in reversed(self.buckets)]
+        total = len(keys) + (len(self.buckets) if self.sample is not None else 0)
+        tick = progress or _no_progress
+        tick("cuda graphs", 0, total, "graphs")
         for key in keys:
             ids, positions, meta = self.key_meta(key)
             # Inert inputs: nothing is written to the KV cache, no row has a query.
@@ -164,6 +167,7 @@ class CUDAGraphRunner:
             if pool is None:
                 pool = graph.pool()
             self.graphs[key] = graph
+            tick("cuda graphs", len(self.graphs), total, "graphs")
         if self.sample is not None:
             for b in reversed(self.buckets):
                 v = self.layout(b).views(self.buffers.b64, self.buffers.b32, self.buffers.bf)
@@ -175,6 +179,7 @@ class CUDAGraphRunner:
                 with torch.cuda.graph(graph, pool):
                     self.outputs[("sample", b)] = self.sample(*args)
                 self.graphs[("sample", b)] = graph
+                tick("cuda graphs", len(self.graphs), total, "graphs")
         torch.cuda.synchronize()
 
     def can_sample(self, bucket: int) -> bool:
@@ -198,8 +203,17 @@ class CUDAGraphRunner:
         return self.outputs[key]
 
 
+def _no_progress(phase: str, done: int, total: int, unit: str) -> None:
+    """The progress callback when nobody listens."""
+
+
 def capture_graphs(
-    model: LlamaForCausalLM, cfg: Config, device: torch.device, block_size: int, backend_name: str
+    model: LlamaForCausalLM,
+    cfg: Config,
+    device: torch.device,
+    block_size: int,
+    backend_name: str,
+    progress: Callable[[str, int, int, str], None] | None = None,
 ) -> CUDAGraphRunner | None:
     """Decode graphs on CUDA with a capturable backend, unless enforce_eager; after the KV cache exists."""
     if cfg.enforce_eager or device.type != "cuda" or backend_name not in GRAPH_BACKENDS:
@@ -214,7 +228,7 @@ def capture_graphs(
         mixed_tokens,
         graph_sampler(model),
     )
-    graphs.capture()
+    graphs.capture(progress)
     return graphs
 
 

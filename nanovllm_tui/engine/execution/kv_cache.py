@@ -33,7 +33,7 @@ def num_blocks(cfg: Config, device: torch.device, nbytes: int, measure_peak: Cal
         if num < 1:
             raise ValueError(
                 f"kv_cache_memory={cfg.kv_cache_memory} bytes holds no block of {nbytes} bytes; "
-                "raise --kv-cache-memory or lower --block-size"
+                "raise kv_cache_memory= or lower kvcache_block_size="
             )
         return num
     if device.type == "cuda":
@@ -45,7 +45,7 @@ def num_blocks(cfg: Config, device: torch.device, nbytes: int, measure_peak: Cal
         if num < 1:
             raise ValueError(
                 f"no GPU memory left for the KV cache at gpu_memory_utilization="
-                f"{cfg.gpu_memory_utilization}; raise --gpu-memory-utilization"
+                f"{cfg.gpu_memory_utilization}; raise gpu_memory_utilization="
             )
         return num
     return max(1, DEFAULT_CPU_KV_CACHE_BYTES // nbytes)

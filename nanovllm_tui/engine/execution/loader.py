@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,7 +15,7 @@ from torch import nn
 
 from nanovllm_tui.layers.parallel_state import get_tp_size
 
-FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}  # safetensors dtype codes the loader accepts
+FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}  # safetensors dtype codes the loader accepts, and sizes
 SAFETENSORS_DTYPES = {
     "I8": "int8",
     "I16": "int16",
@@ -37,7 +39,7 @@ def load_hf_config(model_dir: str) -> Any:
     """Read config.json with transformers' AutoConfig, with clear errors for missing or broken files."""
     path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(path):
-        raise ModelLoadError(f"{model_dir!r} has no config.json; point --model at a Hugging Face model directory")
+        raise ModelLoadError(f"{model_dir!r} has no config.json; pass model= a Hugging Face model directory")
     try:
         with open(path) as f:
             json.load(f)
@@ -61,8 +63,15 @@ def weight_files(model_dir: str) -> list[str]:
     return files
 
 
-def load_model(model: nn.Module, model_dir: str) -> None:
-    """Load every checkpoint tensor into its (possibly packed, possibly sharded) parameter."""
+def load_model(model: nn.Module, model_dir: str, progress: Callable[[str, int, int, str], None] | None = None) -> None:
+    """Load every checkpoint tensor into its (possibly packed, possibly sharded) parameter; progress hears
+    ("load", bytes read, bytes of the weight files, "B"). Under tensor parallelism a rank reads only its shard
+    of a tensor but counts the whole, so its phase ends at the files' size too."""
+    files = weight_files(model_dir)
+    total = max(1, sum(os.path.getsize(p) for p in files))  # tensor bytes + small headers: done < total until the end
+    done = 0
+    tick = progress or _no_progress
+    tick("load", 0, total, "B")
     packed = getattr(model, "packed_modules_mapping", {})
     params = dict(model.named_parameters(remove_duplicate=False))
     tied = {
@@ -70,7 +79,7 @@ def load_model(model: nn.Module, model_dir: str) -> None:
     }
     loaded: set[str] = set()
     shards: dict[str, set] = {}
-    for path in weight_files(model_dir):
+    for path in files:
         try:
             f = safe_open(path, "pt", "cpu")
         except Exception as exc:
@@ -89,7 +98,8 @@ def load_model(model: nn.Module, model_dir: str) -> None:
                         f"checkpoint tensor {name!r} has no place in the model built from "
                         "config.json; the weights don't match the config"
                     )
-                _load_tensor(f, path, name, param, shard)
+                done += _load_tensor(f, path, name, param, shard)
+                tick("load", min(done, total - 1), total, "B")
                 loaded.add(target)
                 if shard is not None:
                     shards.setdefault(target, set()).add(shard)
@@ -102,12 +112,19 @@ def load_model(model: nn.Module, model_dir: str) -> None:
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise ModelLoadError(f"checkpoint is missing weights {shown}; the weights don't match config.json")
+    tick("load", total, total, "B")
 
 
-def _load_tensor(f: Any, path: str, name: str, param: nn.Parameter, shard: object) -> None:
-    """Read one checkpoint tensor and load it into its parameter (or its shard of a packed parameter)."""
-    dtype = f.get_slice(name).get_dtype()
-    if dtype not in FLOAT_DTYPES:  # copy_() would silently cast integers into garbage weights
+def _no_progress(phase: str, done: int, total: int, unit: str) -> None:
+    """The progress callback when nobody listens."""
+
+
+def _load_tensor(f: Any, path: str, name: str, param: nn.Parameter, shard: object) -> int:
+    """Read one checkpoint tensor and load it into its parameter (or its shard of a packed parameter); returns
+    the tensor's size in the file (bytes)."""
+    view = f.get_slice(name)
+    dtype = view.get_dtype()
+    if dtype not in FLOAT_BYTES:  # copy_() would silently cast integers into garbage weights
         raise ModelLoadError(
             f"checkpoint tensor {name!r} in {path} has dtype {SAFETENSORS_DTYPES.get(dtype, dtype)}; "
             "the engine loads float32/bfloat16/float16 weights — re-save the model unquantized"
@@ -129,6 +146,7 @@ def _load_tensor(f: Any, path: str, name: str, param: nn.Parameter, shard: objec
             raise ValueError("a packed parameter has no weight_loader; the model class is missing one")
     except ValueError as exc:
         raise ModelLoadError(f"{name}: {exc}") from exc
+    return math.prod(view.get_shape()) * FLOAT_BYTES[dtype]
 
 
 class LazySlice:

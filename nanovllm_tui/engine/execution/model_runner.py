@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 
 import torch
 
@@ -28,7 +29,8 @@ from nanovllm_tui.models import get_model_class
 class ModelRunner(StepRunner):
     """One rank's model, KV cache, input builder, CUDA graphs and sampler; steps through StepRunner."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, progress: Callable[[str, int, int, str], None] | None = None):
+        """progress: hears the "load" and "cuda graphs" phases (LLMEngine's start-up progress)."""
         super().__init__(config.max_num_seqs)
         self.config = config
         hf = config.hf_config
@@ -45,7 +47,7 @@ class ModelRunner(StepRunner):
                 self.model = get_model_class(hf)(hf)
         finally:
             torch.set_default_dtype(default_dtype)
-        load_model(self.model, config.model)
+        load_model(self.model, config.model, progress)
         self.model.eval()
         self.compiled = config.compile_small_ops and compile_small_ops(self.model, self.device, self.dtype)
         self.sampler = Sampler()
@@ -57,7 +59,7 @@ class ModelRunner(StepRunner):
         self._last_generators: tuple[list[Sequence], list[torch.Generator | None] | None] | None = None
         self.kv_cache = torch.tensor([])
         self.num_kvcache_blocks = self._allocate_kv_cache()
-        self.cuda_graphs = capture_graphs(self.model, config, self.device, self.block_size, self.backend.name)
+        self.cuda_graphs = capture_graphs(self.model, config, self.device, self.block_size, self.backend.name, progress)
         self._warm_up_sampler()
 
     @torch.inference_mode()
@@ -139,7 +141,7 @@ class ModelRunner(StepRunner):
             raise ValueError(
                 f"cannot allocate a KV cache of {num_blocks} blocks "
                 f"({num_blocks * self._block_bytes() / 2**30:.2f} GiB): {kv_cache.first_line(exc)}; lower "
-                "--num-kvcache-blocks / --kv-cache-memory / --gpu-memory-utilization"
+                "num_kvcache_blocks= / kv_cache_memory= / gpu_memory_utilization="
             ) from exc
         return num_blocks
 

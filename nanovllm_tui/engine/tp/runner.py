@@ -14,6 +14,7 @@ import datetime
 import multiprocessing as mp
 import os
 import weakref
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any
@@ -74,7 +75,7 @@ def check_tp_config(config: Config) -> None:
     if device.type == "cuda" and n > torch.cuda.device_count():
         raise ValueError(
             f"tensor_parallel_size={n} needs {n} GPUs but {torch.cuda.device_count()} are visible; "
-            "lower --tensor-parallel-size or expose more GPUs (CUDA_VISIBLE_DEVICES)"
+            "lower tensor_parallel_size= or expose more GPUs (CUDA_VISIBLE_DEVICES)"
         )
     if dist.is_initialized():
         raise ValueError(
@@ -126,7 +127,8 @@ def _spawn_workers(
 class TPModelRunner(StepRunner):
     """Rank 0 of a tensor-parallel group, with ModelRunner's interface (prepare / execute / sample / run)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, progress: Callable[[str, int, int, str], None] | None = None):
+        """progress: hears rank 0's start-up phases (its shard's "load", its "cuda graphs"), as ModelRunner's."""
         super().__init__(config.max_num_seqs)
         check_tp_config(config)
         n = config.tensor_parallel_size
@@ -142,11 +144,17 @@ class TPModelRunner(StepRunner):
         self._finalizer = weakref.finalize(self, self.group.close)  # also runs at interpreter exit
         self.channel = channel
         self.tensor_parallel_size = n
-        self.runner = self._start_rank0(config, store, backend)
+        self.runner = self._start_rank0(config, store, backend, progress)
         self.num_kvcache_blocks = self.runner.num_kvcache_blocks
         self.group.start_watchdog()
 
-    def _start_rank0(self, config: Config, store: dist.TCPStore, backend: str) -> ModelRunner:
+    def _start_rank0(
+        self,
+        config: Config,
+        store: dist.TCPStore,
+        backend: str,
+        progress: Callable[[str, int, int, str], None] | None = None,
+    ) -> ModelRunner:
         """Wait for the workers, join the group, build rank 0's shard; check that every rank agrees on the
         KV cache. Any failure stops the workers and raises (EngineDeadError naming a dead worker's error)."""
         n = config.tensor_parallel_size
@@ -164,7 +172,7 @@ class TPModelRunner(StepRunner):
                 backend, store=store, rank=0, world_size=n, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
             )
             self.group.pg_ours = True
-            runner = ModelRunner(config)
+            runner = ModelRunner(config, progress)
             self.group.release = runner.release_cuda_graphs
             blocks = self.group.wait_for("ready", STARTUP_TIMEOUT_S)
         except Exception as exc:
