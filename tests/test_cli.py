@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,25 +29,46 @@ def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     )
 
 
-def run_cli_on_terminal(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """The CLI with stdin and stdout on a pseudo-terminal (so it gets past the terminal check), stderr on a pipe.
+def run_on_terminals(
+    cmd: list[str], timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """cmd with stdin and stdout on one pseudo-terminal and stderr on another (the app draws on stderr, so it
+    must be a terminal too); `stdout` is what the first terminal got, `stderr` the second, both decoded.
 
     For runs that fail while loading: the app never starts, so nothing waits for keys."""
-    controller, terminal = os.openpty()
+    terminals = [os.openpty(), os.openpty()]
+    got = [bytearray(), bytearray()]
+
+    def drain(controller: int, into: bytearray) -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's last writer closed it
+                return
+            if not chunk:
+                return
+            into.extend(chunk)
+
+    readers = [threading.Thread(target=drain, args=(c, g), daemon=True) for (c, _), g in zip(terminals, got)]
+    for r in readers:
+        r.start()
+    (_, out), (_, err) = terminals
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "nanovllm_tui.app.cli", *args],
-            cwd=ROOT,
-            stdin=terminal,
-            stdout=terminal,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=timeout,
-        )
+        proc = subprocess.run(cmd, cwd=ROOT, stdin=out, stdout=out, stderr=err, timeout=timeout, env=env)
     finally:
-        os.close(terminal)
+        for _, terminal in terminals:
+            os.close(terminal)
+    for r in readers:
+        r.join(10)
+    for controller, _ in terminals:
         os.close(controller)
-    return proc
+    text = [bytes(g).decode(errors="replace").replace("\r\n", "\n") for g in got]
+    return subprocess.CompletedProcess(cmd, proc.returncode, text[0], text[1])
+
+
+def run_cli_on_terminal(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """The CLI on terminals (see run_on_terminals), so it gets past the terminal check."""
+    return run_on_terminals([sys.executable, "-m", "nanovllm_tui.app.cli", *args], timeout)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -103,7 +125,7 @@ def test_help_and_version():
 
 
 def test_missing_dir(tmp_path):
-    assert_one_line_error(run_cli("--model", str(tmp_path / "nope")), "no such directory")
+    assert_one_line_error(run_cli("--model", str(tmp_path / "nope")), "does not exist", "--model")
 
 
 def test_no_config(tmp_path):
@@ -189,7 +211,7 @@ def test_bad_numeric_flags_fail_before_loading(tmp_path, flag, value, message):
     """argparse rejects them, so even a model dir that does not exist is never looked at."""
     start = time.monotonic()
     line = assert_one_line_error(run_cli("--model", str(tmp_path / "nope"), flag, value), flag, message)
-    assert "no such directory" not in line
+    assert "does not exist" not in line
     assert time.monotonic() - start < 30
 
 
@@ -215,3 +237,45 @@ def test_no_terminal_without_model_does_not_prepare_the_demo_model(tmp_path):
     )
     assert_one_line_error(proc, "needs a terminal")
     assert not (tmp_path / "cache").exists()
+
+
+def test_stderr_not_a_terminal_refuses_at_once(tiny_qwen3_gqa_dir, tmp_path):
+    """Textual draws on stderr: stdin and stdout on a terminal but stderr to a file, one line there, exit 2."""
+    log = tmp_path / "err.log"
+    controller, terminal = os.openpty()
+    try:
+        with log.open("w") as err:
+            proc = subprocess.run(
+                [sys.executable, "-m", "nanovllm_tui.app.cli", "--model", str(tiny_qwen3_gqa_dir)],
+                cwd=ROOT,
+                stdin=terminal,
+                stdout=terminal,
+                stderr=err,
+                timeout=60,
+            )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    lines = log.read_text().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, lines
+    assert "stdin, stdout and stderr must be a TTY" in lines[0], lines[0]
+
+
+def test_stderr_on_a_closed_pipe_exits_2_at_once(tiny_qwen3_gqa_dir):
+    """The reader of stderr is gone (`nanovllm-tui 2>&1 | head -0` and the like): exit 2 quietly, never hang."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    controller, terminal = os.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "nanovllm_tui.app.cli", "--model", str(tiny_qwen3_gqa_dir)],
+            cwd=ROOT,
+            stdin=terminal,
+            stdout=terminal,
+            stderr=write_end,
+            timeout=60,
+        )
+    finally:
+        for fd in (write_end, terminal, controller):
+            os.close(fd)
+    assert proc.returncode == 2

@@ -4,9 +4,15 @@ stderr line naming the problem, exit status 2 and no traceback. (The API's messa
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 from safetensors.torch import load_file, save_file
-from test_cli import assert_one_line_error, copy_model, run_cli, run_cli_on_terminal
+from test_cli import ROOT, assert_one_line_error, copy_model, run_cli, run_cli_on_terminal
+from test_reliability_model_dir import AS_ROOT, NO_DAC
 
 pytestmark = pytest.mark.slow  # each case starts the CLI on a pty and loads a model
 
@@ -74,3 +80,33 @@ def test_corrupt_tokenizer_json(tmp_path, tiny_qwen3_gqa_dir):
     model = copy_model(tiny_qwen3_gqa_dir, tmp_path / "m")
     (model / "tokenizer.json").write_text('{"version": "1.0", "model": ')
     assert_one_line_error(run_cli_on_terminal("--model", str(model), "--device", "cpu"), "tokenizer")
+
+
+@pytest.mark.parametrize("name", ["config.json", WEIGHTS])
+def test_a_fifo_in_the_model_dir_is_named_before_anything_opens_it(tmp_path, tiny_qwen3_gqa_dir, name):
+    """Opening a FIFO blocks forever: the CLI's cheap checks name it (run_cli's timeout catches a hang)."""
+    model = copy_model(tiny_qwen3_gqa_dir, tmp_path / "m", skip=(name,))
+    os.mkfifo(model / name)
+    assert_one_line_error(run_cli("--model", str(model), timeout=60), "a FIFO, not a regular file", name)
+
+
+@pytest.mark.skipif(AS_ROOT and shutil.which("setpriv") is None, reason="root without setpriv reads any file")
+def test_an_unreadable_model_dir_says_permission_denied(tmp_path, tiny_qwen3_gqa_dir):
+    """Not 'has no config.json': the CLI says what is wrong. As root (CI), without the capabilities that let root
+    read anything, so the directory's permissions apply."""
+    model = copy_model(tiny_qwen3_gqa_dir, tmp_path / "m")
+    model.chmod(0)
+    prefix = (str(shutil.which("setpriv")), *NO_DAC) if AS_ROOT else ()
+    try:
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-m", "nanovllm_tui.app.cli", "--model", str(model)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        model.chmod(0o755)
+    line = assert_one_line_error(proc, "permission denied", str(model))
+    assert "config.json" not in line

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from test_cli import run_cli_on_terminal
 
 from nanovllm_tui.app.engine_args import FLAG_OF, cli_message
 from nanovllm_tui.engine import LLM
@@ -93,20 +91,7 @@ def test_every_translated_argument_is_an_llm_keyword_and_a_flag():
 def test_the_cli_names_the_flag(tiny_qwen3_gqa_dir):
     """The engine's kv_cache_memory= error, raised in the engine process, reaches the app's CLI as flags."""
     args = ["--model", str(tiny_qwen3_gqa_dir), "--device", "cpu", "--kv-cache-memory", "1"]
-    controller, terminal = os.openpty()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "nanovllm_tui.app.cli", *args],
-            cwd=ROOT,
-            stdin=terminal,
-            stdout=terminal,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=180,
-        )
-    finally:
-        os.close(terminal)
-        os.close(controller)
+    proc = run_cli_on_terminal(*args)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "--kv-cache-memory 1 bytes holds no block" in lines[0] and "lower --block-size" in lines[0], lines[0]

@@ -4,15 +4,13 @@ and the app's CLI prints them before its UI starts."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
-import subprocess
 import sys
-import threading
 import time
 
 import pytest
+from test_cli import run_on_terminals
 
 from nanovllm_tui.bench.phases import PhasePrinter
 from nanovllm_tui.engine import demo_model
@@ -150,31 +148,9 @@ p("cuda graphs", 2, 2, "graphs")
 
 
 def run_on_pty(args: list[str], env: dict[str, str] | None = None, timeout: float = 180) -> tuple[int, bytes, str]:
-    """Run args with stdin and stdout on a pseudo-terminal and stderr on a pipe; everything the terminal got."""
-    controller, terminal = os.openpty()
-    got = bytearray()
-
-    def drain() -> None:
-        while True:
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:  # EIO: the terminal's last writer closed it
-                return
-            if not chunk:
-                return
-            got.extend(chunk)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        proc = subprocess.run(
-            args, cwd=ROOT, stdin=terminal, stdout=terminal, stderr=subprocess.PIPE, text=True, timeout=timeout, env=env
-        )
-    finally:
-        os.close(terminal)
-    reader.join(10)
-    os.close(controller)
-    return proc.returncode, bytes(got), proc.stderr
+    """Run args with stdin and stdout on one pseudo-terminal, stderr on another; what each terminal got."""
+    proc = run_on_terminals(args, timeout, env)
+    return proc.returncode, proc.stdout.encode(), proc.stderr
 
 
 def test_printer_draws_a_live_line_on_a_terminal():

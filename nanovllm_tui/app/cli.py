@@ -10,6 +10,7 @@ model dir passed their cheap checks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -23,14 +24,13 @@ from nanovllm_tui.app.engine_args import (
     CliError,
     OneLineParser,
     add_engine_args,
-    check_model_dir,
     cli_message,
     engine_kwargs,
     one_line,
-    resolve_model_dir,
     torch_threads,
 )
 from nanovllm_tui.app.history.paths import add_history_args
+from nanovllm_tui.app.model_args import check_model_dir, resolve_model_dir
 from nanovllm_tui.bench.phases import PhasePrinter
 
 if TYPE_CHECKING:
@@ -63,12 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def say_error(line: str) -> None:
+    """One error line on stderr; nothing if stderr is gone (a closed pipe): the exit status still tells."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())  # no second failure at exit's flush
+
+
 def check_terminal() -> None:
-    """The app draws on a terminal and reads keys from it: refuse at once when stdin or stdout is not one."""
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    """The app reads keys from stdin and draws on stderr (Textual's output), and stdout carries start-up lines:
+    refuse at once unless all three are a terminal (a UI drawn into a pipe nobody reads would hang)."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty() and sys.stderr.isatty()):
         raise CliError(
-            "the app needs a terminal (stdin and stdout must be a TTY); "
-            "for a headless run use `nanovllm-tui bench` or `nanovllm-tui serve`"
+            "the app needs a terminal (stdin, stdout and stderr must be a TTY); "
+            "for a headless run use `nanovllm-tui serve --headless` or `nanovllm-tui bench`"
         )
 
 
@@ -178,14 +188,13 @@ def _start(args: argparse.Namespace) -> tuple[Service, str] | int:
     except CliError as exc:
         if args.debug:
             raise
-        print(f"nanovllm-tui: error: {exc}", file=sys.stderr)
+        say_error(f"nanovllm-tui: error: {exc}")
         return EXIT_USAGE
     except Exception as exc:  # anything else while loading: one line unless --debug
         if args.debug:
             raise
-        print(
-            f"nanovllm-tui: error: loading the model failed: {cli_message(one_line(exc))} (--debug shows the traceback)",
-            file=sys.stderr,
+        say_error(
+            f"nanovllm-tui: error: loading the model failed: {cli_message(one_line(exc))} (--debug shows the traceback)"
         )
         return 1
 

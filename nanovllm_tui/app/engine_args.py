@@ -1,5 +1,5 @@
 """The engine flags of `nanovllm-tui`, `nanovllm-tui bench` and `nanovllm-tui serve`: one argument group with one
-set of defaults, its mapping to LLM(...) keywords, and the cheap model checks that run before anything loads.
+set of defaults and its mapping to LLM(...) keywords (the model checks are in app/model_args.py).
 
 Numeric flags are checked by argparse itself (one line, exit 2) so a bad command line never loads a model.
 Imports no torch at module level: building the parser must stay fast.
@@ -8,15 +8,11 @@ Imports no torch at module level: building the parser must stay fast.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 POLICIES = ("mixed", "prefill_first")
-SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM")
 # The flag that sets each LLM(...) keyword: engine errors name the keyword (`num_kvcache_blocks=`), a CLI the flag.
 _SAME_NAME = "model device dtype max_model_len num_kvcache_blocks kv_cache_memory gpu_memory_utilization max_num_seqs"
 _SAME_NAME += " max_num_batched_tokens mixed_prefill_tokens tensor_parallel_size attention_backend"
@@ -248,48 +244,6 @@ def default_torch_threads() -> int:
 def torch_threads(args: argparse.Namespace) -> int:
     """--torch-threads, or the default."""
     return int(args.torch_threads or default_torch_threads())
-
-
-def check_model_dir(path: str) -> None:
-    """Cheap checks before loading anything: directory, config.json, architecture, weights, tokenizer."""
-    d = Path(path)
-    if d.is_file():
-        raise CliError(f"--model {path} is a file, not a directory; point it at the model's directory")
-    if not d.is_dir():
-        raise CliError(f"--model {path}: no such directory; point it at a Hugging Face model directory")
-    config = d / "config.json"
-    if not config.is_file():
-        raise CliError(f"--model {path}: no config.json; point it at a Hugging Face model directory")
-    try:
-        archs = json.loads(config.read_text()).get("architectures") or []
-    except (OSError, ValueError, AttributeError) as exc:
-        raise CliError(f"--model {path}: config.json is not valid JSON ({exc}); re-download the model") from None
-    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise CliError(
-            f"--model {path}: unsupported architecture {archs or 'missing'} in config.json; "
-            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
-    if not any(d.glob("*.safetensors")):
-        raise CliError(f"--model {path}: no *.safetensors weights; save the model with safe_serialization=True")
-    if not any((d / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        raise CliError(
-            f"--model {path}: no tokenizer (tokenizer.json, tokenizer.model or vocab.json); "
-            "save the tokenizer next to the weights"
-        )
-
-
-def resolve_model_dir(args: argparse.Namespace, progress: Callable[[str, int, int, str], None] | None = None) -> str:
-    """--model checked cheaply, or the demo model prepared (its phases to progress, see bench/phases.py)."""
-    if args.model is None:
-        from nanovllm_tui.engine.demo_model import DemoModelError, ensure_demo_model
-
-        try:
-            return str(ensure_demo_model(progress=progress))
-        except DemoModelError as exc:
-            raise CliError(one_line(exc)) from None
-    model_dir = os.path.expanduser(args.model)
-    check_model_dir(model_dir)
-    return model_dir
 
 
 class OneLineParser(argparse.ArgumentParser):

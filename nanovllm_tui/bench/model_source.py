@@ -73,7 +73,7 @@ def resolve_model(
 ) -> pathlib.Path:
     """--model DIR checked cheaply, the random-weight dir for --config JSON, or (neither) the demo model
     (its preparation's phases to progress, see bench/phases.py)."""
-    from nanovllm_tui.app.engine_args import check_model_dir
+    from nanovllm_tui.app.model_args import check_model_dir
 
     if model is not None and config is not None:
         raise ValueError("pass one of --model DIR (a checkpoint) or --config JSON (random weights), not both")

@@ -182,8 +182,8 @@ def _ask(models: list[ModelCard], url: str, stdin: TextIO, stdout: TextIO) -> Mo
 
 def _check_terminal() -> None:
     """The app draws on a terminal and reads keys from it: refuse at once (ValueError) when there is none."""
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise ValueError("the app needs a terminal (stdin and stdout must be a TTY); --check works without one")
+    if not (sys.stdin.isatty() and sys.stdout.isatty() and sys.stderr.isatty()):  # Textual draws on stderr
+        raise ValueError("the app needs a terminal (stdin, stdout and stderr must be a TTY); --check works without one")
 
 
 def _run_app(service: RemoteService, args: argparse.Namespace) -> int:

@@ -23,9 +23,9 @@ from nanovllm_tui.app.engine_args import (
     add_engine_args,
     engine_kwargs,
     one_line,
-    resolve_model_dir,
     torch_threads,
 )
+from nanovllm_tui.app.model_args import resolve_model_dir
 
 if TYPE_CHECKING:
     from nanovllm_tui.engine.serving.protocol import EngineInfo, Service
