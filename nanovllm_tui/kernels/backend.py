@@ -96,7 +96,7 @@ def get_backend(name: str, device: torch.device, block_size: int) -> AttentionBa
     if name == "torch" or (name == "auto" and device.type != "cuda"):
         return TorchBackend()
     if device.type != "cuda":
-        raise ValueError(f"attention backend {name!r} needs a CUDA device; use --attention-backend torch")
+        raise ValueError(f"attention backend {name!r} needs a CUDA device; use attention_backend='torch'")
     if name in ("auto", "flash-attn"):
         try:
             from nanovllm_tui.kernels.flash_backend import FlashAttnBackend, flash_attn_available
@@ -108,12 +108,12 @@ def get_backend(name: str, device: torch.device, block_size: int) -> AttentionBa
         if name == "flash-attn":
             raise ValueError(
                 "flash-attn backend needs the flash-attn package and a block size that is a "
-                "multiple of 256; install nanovllm-tui[flash] or use --attention-backend triton"
+                "multiple of 256; install nanovllm-tui[flash] or use attention_backend='triton'"
             )
     try:
         from nanovllm_tui.kernels.triton_backend import TritonBackend
     except ImportError as exc:
         if name == "triton":
-            raise ValueError(f"Triton backend unavailable ({exc}); use --attention-backend torch") from exc
+            raise ValueError(f"Triton backend unavailable ({exc}); use attention_backend='torch'") from exc
         return TorchBackend()
     return TritonBackend()
