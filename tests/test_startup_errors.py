@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -96,3 +98,19 @@ def test_the_cli_names_the_flag(tiny_qwen3_gqa_dir):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "--kv-cache-memory 1 bytes holds no block" in lines[0] and "lower --block-size" in lines[0], lines[0]
     assert "kv_cache_memory=" not in lines[0]
+
+
+def test_serve_names_the_flag(tiny_qwen3_gqa_dir):
+    """`serve` translates the engine's argument names too: one line naming --kv-cache-memory, exit 2."""
+    args = ["serve", "--model", str(tiny_qwen3_gqa_dir), "--device", "cpu", "--kv-cache-memory", "1", "--headless"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanovllm_tui.app.cli", *args, "--port", "0"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert "--kv-cache-memory 1 bytes holds no block" in errors[0] and "kv_cache_memory=" not in errors[0], errors[0]

@@ -21,6 +21,7 @@ from nanovllm_tui.app.engine_args import (
     CliError,
     OneLineParser,
     add_engine_args,
+    cli_message,
     engine_kwargs,
     one_line,
     torch_threads,
@@ -140,7 +141,7 @@ def _serve(args: argparse.Namespace, model_dir: str, state: ServerState, server:
         service = make_service(args, model_dir)
     except (ValueError, TypeError) as exc:  # CliError and ModelLoadError are ValueErrors; messages name the fix
         state.fail(one_line(exc))
-        raise CliError(one_line(exc)) from None
+        raise CliError(cli_message(one_line(exc))) from None
     try:
         state.attach(service)
         info = service.engine_info()
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"{PROG}: error: {one_line(exc)} (--debug shows the traceback)", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {cli_message(one_line(exc))} (--debug shows the traceback)", file=sys.stderr, flush=True)
         return 1
     finally:
         if server is not None:
