@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from textual import events
 from textual.binding import Binding
@@ -19,14 +20,21 @@ from nanovllm_tui.engine.serving.thread_service import EngineService
 from tests.test_app import make_app, run, wait_for  # noqa: F401 (make_app is a fixture)
 
 
+def slow_steps(app: NanoVllmApp, seconds: float) -> None:
+    """Make every engine step last at least `seconds` (a step listener runs on the engine thread, which waits for
+    it), so an answer or a chunked prefill stays in progress for many UI frames whatever the machine's speed."""
+    app.service.subscribe(lambda step: time.sleep(seconds))
+
+
 async def prompt_focused(pilot) -> None:
     app = pilot.app
     await wait_for(pilot, lambda: app.active_pane() is not None and app.focused is app.active_pane().prompt)
 
 
-def test_every_footer_key_works_from_the_prompt_box(make_app):  # noqa: F811
+def test_every_footer_key_works_from_the_prompt_box(make_app, tmp_path, monkeypatch):  # noqa: F811
     shown = {b.key for b in APP_BINDINGS if isinstance(b, Binding) and b.show}
     tested: set[str] = set()
+    monkeypatch.chdir(tmp_path)  # ctrl+s exports into the working directory
 
     async def scenario():
         app = make_app(max_tokens=4)
@@ -74,8 +82,18 @@ def test_every_footer_key_works_from_the_prompt_box(make_app):  # noqa: F811
             await pilot.press("escape")
             await wait_for(pilot, lambda: len(app.screen_stack) == 1, what="saved chats closed")
             await prompt_focused(pilot)
-            tested.add("ctrl+s")  # export writes into the cwd: covered by tests/test_history_app.py
-            tested.add("escape")  # stopping an answer: test_escape_stops_generation_and_frees_blocks
+            await press("ctrl+s")
+            await wait_for(pilot, lambda: len(list(tmp_path.iterdir())) == 2, what="ctrl+s exported the chat")
+            assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]
+            assert "hi" in next(tmp_path.glob("*.md")).read_text()
+            session.settings.max_tokens = 400  # long enough to be stopped midway
+            slow_steps(app, 0.02)
+            await pilot.press(*"go on", "enter")
+            await wait_for(pilot, lambda: session.busy, what="a long answer running")
+            handle = session.handle
+            await press("escape")
+            await wait_for(pilot, lambda: not session.busy, what="esc stopped the answer")
+            assert handle.finish_reason == "abort" and handle.metrics.num_generation_tokens < 400
 
     run(scenario())
     assert shown <= tested, f"footer keys without a test from the prompt box: {shown - tested}"
@@ -102,6 +120,7 @@ def test_chat_switching_keys_that_terminals_send(make_app):  # noqa: F811
 def test_esc_closing_a_dialog_does_not_stop_the_answer_and_bench_goes_back_to_chat(make_app):  # noqa: F811
     async def scenario():
         app = make_app(max_tokens=400)
+        slow_steps(app, 0.02)  # 400 tokens: at least 8 s, so the answer surely outlives the dialog
         async with app.run_test(size=(160, 50)) as pilot:
             await prompt_focused(pilot)
             await pilot.press(*"tell me", "enter")
@@ -110,10 +129,18 @@ def test_esc_closing_a_dialog_does_not_stop_the_answer_and_bench_goes_back_to_ch
             handle = session.handle
             await pilot.press("f1")
             await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+            assert not handle.done, "the answer ended before the dialog closed: nothing to test"
             await pilot.press("escape")
             await wait_for(pilot, lambda: len(app.screen_stack) == 1, what="help closed")
-            await pilot.pause(0.3)
+            # An aborted request gets at most the token of the step in flight; these many more mean it runs on.
+            tokens = handle.metrics.num_generation_tokens
+            await wait_for(
+                pilot,
+                lambda: handle.metrics.num_generation_tokens >= tokens + 5 or not session.busy,
+                what="tokens after the dialog closed",
+            )
             assert handle.finish_reason != "abort", "the Esc that closed the dialog also stopped the answer"
+            assert session.busy and handle.metrics.num_generation_tokens >= tokens + 5
             await prompt_focused(pilot)
             await pilot.press(*"draft")
             await pilot.press("f3")
@@ -158,6 +185,7 @@ def test_a_chunked_prefill_shows_its_progress_until_the_first_token(tiny_qwen3_g
         )
     )
     app = NanoVllmApp(service, owns_service=True, default_settings=SessionSettings(temperature=0.0, max_tokens=4))
+    slow_steps(app, 0.03)  # ~60 steps of 16 prompt tokens: the progress line is up for about 2 s, some 20 frames
     seen: set[str] = set()
 
     async def scenario():
@@ -183,6 +211,6 @@ def test_a_chunked_prefill_shows_its_progress_until_the_first_token(tiny_qwen3_g
             assert steps and all(c < t for s in steps for _, c, t in s.prefilling)
 
     run(scenario())
-    # The UI shows what it caught between steps (a tiny model prefills faster than the 12 Hz timer).
+    assert len(seen) >= 3, f"the progress line was not seen moving: {seen}"
     for line in seen:
         assert re.fullmatch(r"prefilling [\d,]+ / [\d,]+ tokens", line), line

@@ -18,7 +18,7 @@ from textual.binding import BindingType
 from textual.containers import Horizontal
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.widgets import Header, TabbedContent
 
 from nanovllm_tui.app.backend import backend_for
 from nanovllm_tui.app.history.chat_history import ChatHistory
@@ -31,6 +31,8 @@ from nanovllm_tui.app.session import ChatSession, SessionSettings
 from nanovllm_tui.app.stats_window import StatsWindow
 from nanovllm_tui.app.widgets.banner import Banner
 from nanovllm_tui.app.widgets.chat import ChatPane
+from nanovllm_tui.app.widgets.footer import AppFooter
+from nanovllm_tui.app.widgets.tabs import ChatTabs
 from nanovllm_tui.bench.driver import BenchRun, WorkloadSpec
 from nanovllm_tui.engine.serving.protocol import EngineInfo, Service
 from nanovllm_tui.remote.service import RemoteService
@@ -78,9 +80,9 @@ class NanoVllmApp(App[None]):
         yield Header()
         yield Banner(id="banner")
         with Horizontal(id="main"):
-            yield TabbedContent(id="sessions")
+            yield ChatTabs(id="sessions")
             yield self.backend.dashboard("side-dashboard")
-        yield Footer(compact=True)
+        yield AppFooter()
 
     async def on_mount(self) -> None:
         for name, screen in self.backend.screens().items():
@@ -102,16 +104,22 @@ class NanoVllmApp(App[None]):
         if not self.screen_stack:  # shutting down
             return
         visible = self.active_pane() if self.screen is self.screen_stack[0] else None
+        streaming: dict[str, bool] = {}
         for pane in self.chat_panes():
             handle = pane.session.handle
-            await pane.pump(pane is visible)
+            streaming[f"session-{pane.session.number}"] = await pane.pump(pane is visible)
             await self.history.sync(pane, handle)  # saves what changed (the handle: an answer just finished)
+        for tabs in self.screen_stack[0].query(ChatTabs):  # none while the app shuts down
+            tabs.show_streaming(streaming)
         run = self.bench_run
         if run is not None:
             run.poll()
             if isinstance(self.screen, BenchScreen):
                 self.screen.show_run(run)
         news = self.backend.poll()
+        if self.window is not None:  # the local engine: running / waiting count what no step has reported yet
+            live = [s.handle for s in self.sessions.values() if s.handle is not None]
+            news = self.window.set_live(live + (list(run.handles) if run else [])) or news
         for banner in self.screen_stack[0].query(Banner):  # none while the app shuts down
             banner.show(self.backend.banner())
         self._ticks += 1
@@ -139,29 +147,26 @@ class NanoVllmApp(App[None]):
         return self.backend.policy
 
     # -- sessions ----------------------------------------------------------------------------------
+    def chat_tabs(self) -> ChatTabs:
+        return self.screen_stack[0].query_one("#sessions", ChatTabs)
+
     def chat_panes(self) -> list[ChatPane]:
         return list(self.screen_stack[0].query(ChatPane))
 
     def active_pane(self) -> ChatPane | None:
         try:
-            pane = self.screen_stack[0].query_one("#sessions", TabbedContent).active_pane
-            return pane.query_one(ChatPane) if pane is not None else None
-        except NoMatches:  # a tab being added or removed right now
+            return self.chat_tabs().active_chat()
+        except NoMatches:  # the app is shutting down
             return None
 
     def pane_of(self, number: int) -> ChatPane | None:
-        for pane in self.chat_panes():
-            if pane.session.number == number:
-                return pane
-        return None
+        return next((pane for pane in self.chat_panes() if pane.session.number == number), None)
 
     async def action_new_session(self) -> None:
         session = ChatSession(self._next_session, self.default_settings.copy())
         self._next_session += 1
         self.sessions[session.number] = session
-        tabs = self.screen_stack[0].query_one("#sessions", TabbedContent)
-        await tabs.add_pane(TabPane(session.title, ChatPane(session, self.service), id=f"session-{session.number}"))
-        tabs.active = f"session-{session.number}"
+        await self.chat_tabs().add_chat(ChatPane(session, self.service))
         self._focus_prompt()
 
     async def action_close_session(self) -> None:
@@ -171,35 +176,34 @@ class NanoVllmApp(App[None]):
         pane.stop()
         self.history.closed(pane.session)
         self.sessions.pop(pane.session.number, None)
-        tabs = self.screen_stack[0].query_one("#sessions", TabbedContent)
-        await tabs.remove_pane(f"session-{pane.session.number}")
+        await self.chat_tabs().remove_pane(f"session-{pane.session.number}")
         if not self.sessions:
             await self.action_new_session()
         self._focus_prompt()
 
-    def _switch_by(self, offset: int) -> None:
-        tabs = self.screen_stack[0].query_one("#sessions", TabbedContent)
-        ids = [f"session-{n}" for n in self.sessions]
-        if tabs.active in ids:
-            tabs.active = ids[(ids.index(tabs.active) + offset) % len(ids)]
+    def action_next_session(self, offset: int = 1) -> None:
+        """Switch to the next tab (offset -1: the previous one), wrapping around."""
+        if self.chat_tabs().switch_by(offset):
             self._focus_prompt()
 
-    def action_next_session(self) -> None:
-        self._switch_by(1)
-
     def action_prev_session(self) -> None:
-        self._switch_by(-1)
+        self.action_next_session(-1)
 
     def action_switch_session(self, index: int) -> None:
         """Switch to the index-th open tab (1-based)."""
-        ids = [f"session-{n}" for n in self.sessions]
-        if 1 <= index <= len(ids):
-            self.screen_stack[0].query_one("#sessions", TabbedContent).active = ids[index - 1]
+        if self.chat_tabs().switch_to(index):
             self._focus_prompt()
 
     async def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        pane = event.pane.query_one(ChatPane)
-        await pane.pump(True)  # show what streamed while the tab was hidden
+        await event.pane.query_one(ChatPane).pump(True)  # show what streamed while the tab was hidden
+        self._focus_prompt()
+
+    def back_to_chat(self, typed: str = "") -> None:
+        """Close the screens above the chats; `typed` (a key typed on one of them) goes into the prompt."""
+        while len(self.screen_stack) > 1:
+            self.pop_screen()
+        if typed and (pane := self.active_pane()) is not None:
+            pane.prompt.insert(typed)
         self._focus_prompt()
 
     def _focus_prompt(self) -> None:
@@ -209,13 +213,11 @@ class NanoVllmApp(App[None]):
 
     # -- chat actions ------------------------------------------------------------------------------
     def action_stop(self) -> None:
-        pane = self.active_pane()
-        if pane is not None and pane.stop():
+        if (pane := self.active_pane()) is not None and pane.stop():
             self.notify("stopping the answer", timeout=2)
 
     async def action_regenerate(self) -> None:
-        pane = self.active_pane()
-        if pane is not None:
+        if (pane := self.active_pane()) is not None:
             await pane.regenerate()
 
     def action_copy(self) -> None:
@@ -238,7 +240,8 @@ class NanoVllmApp(App[None]):
                 pane.refresh_status()
             self._focus_prompt()
 
-        self.push_screen(SettingsScreen(pane.session.title, pane.session.settings), apply)
+        switch = not isinstance(self.info, EngineInfo) or self.info.has_reasoning_template  # a remote one: unknown
+        self.push_screen(SettingsScreen(pane.session.title, pane.session.settings, switch), apply)
 
     # -- engine actions ----------------------------------------------------------------------------
     def action_set_policy(self, policy: str) -> None:
@@ -270,9 +273,7 @@ class NanoVllmApp(App[None]):
         self.push_screen(HelpScreen(self.backend.help_note))
 
     def action_dashboard(self) -> None:
-        if isinstance(self.screen, DashboardScreen):
-            self.pop_screen()
-        else:
+        if not isinstance(self.screen, DashboardScreen):  # on it, f3 is its own "Back"
             self.push_screen("dashboard")
 
     def action_benchmark(self) -> None:

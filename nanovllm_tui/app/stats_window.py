@@ -6,8 +6,12 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nanovllm_tui.engine.stats import BlockMap, EngineStats, StepStats
+
+if TYPE_CHECKING:
+    from nanovllm_tui.engine.serving.request_handle import RequestHandle
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,29 @@ class StatsWindow:
         self._last_start = float("-inf")
         self.last_step: int | None = None  # pass to stats_history(since_step=...) to read only new steps
         self.num_seen = 0
+        # Requests the app submitted that have not finished (set by the app): a step reports its counts only
+        # when it ends, so during a long first prefill the last step would still say nothing runs.
+        self.live_requests: int | None = None
+
+    def set_live(self, handles: Iterable[RequestHandle]) -> bool:
+        """Count the app's requests not finished yet; True if that changed (the dashboards need a redraw)."""
+        live = sum(not h.done for h in handles)
+        changed = live != self.live_requests
+        self.live_requests = live
+        return changed
+
+    def running_waiting(self) -> tuple[int, int]:
+        """(running, waiting) now: the last step's figures, bounded by the live requests when those are known.
+
+        Requests submitted since that step are counted as waiting (no step has taken them yet, as far as the app
+        can tell); requests finished since then are no longer counted at all."""
+        latest = self.latest
+        running = latest.num_running if latest else 0
+        waiting = latest.num_waiting if latest else 0
+        if self.live_requests is None:
+            return running, waiting
+        running = min(running, self.live_requests)
+        return running, self.live_requests - running
 
     def add(self, history: Iterable[StepStats], totals: EngineStats | None = None) -> int:
         """Append the steps not seen yet (the buffer is re-read each tick); returns how many were new."""

@@ -11,10 +11,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical
 from textual.css.query import NoMatches
-from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Select, Static
+from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Select, Static
 
+from nanovllm_tui.app.screens.side import SideScreen
 from nanovllm_tui.app.widgets.dashboard import Dashboard
+from nanovllm_tui.app.widgets.footer import AppFooter
 from nanovllm_tui.bench.driver import BenchResult, BenchRun, WorkloadSpec
 from nanovllm_tui.engine.serving.protocol import EngineInfo
 
@@ -44,19 +45,13 @@ def parse_range(text: str, name: str) -> tuple[int, int]:
     return nums[0], nums[1]
 
 
-class BenchScreen(Screen[None]):
+class BenchScreen(SideScreen):
     """Shows the app's current BenchRun (the app owns it, so it keeps running when this screen is closed)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "back_to_chat", "Back to chat"),
         Binding("ctrl+s", "run", "Run"),
-        Binding("ctrl+x", "stop_run", "Stop run"),
+        Binding("ctrl+x", "stop_run", "Stop run", priority=True),  # before the focused Input's cut
     ]
-
-    def action_back_to_chat(self) -> None:
-        """Back to the chats, not to the screen below (the benchmark may have been opened from the dashboard)."""
-        while len(self.app.screen_stack) > 1:
-            self.app.pop_screen()
 
     def __init__(self, info: EngineInfo):
         super().__init__()
@@ -85,7 +80,7 @@ class BenchScreen(Screen[None]):
                 yield Static(id="bench-status")
                 yield DataTable(id="bench-results", show_cursor=False, zebra_stripes=True)
             yield Dashboard(self.info, id="bench-dashboard")
-        yield Footer(compact=True)
+        yield AppFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#bench-results", DataTable)

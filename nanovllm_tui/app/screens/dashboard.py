@@ -7,21 +7,14 @@ from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer
+
+from nanovllm_tui.app.screens.side import SideScreen
+from nanovllm_tui.app.widgets.footer import AppFooter
 
 
-class DashboardScreen(Screen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "back_to_chat", "Back to chat"),
-        Binding("f3", "app.pop_screen", "Back"),
-    ]
-
-    def action_back_to_chat(self) -> None:
-        """Back to the chats, not to the screen below (the benchmark may have been opened from the dashboard)."""
-        while len(self.app.screen_stack) > 1:
-            self.app.pop_screen()
+class DashboardScreen(SideScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("f3", "app.pop_screen", "Back")]
 
     def __init__(self, dashboard: Widget):
         super().__init__()
@@ -29,4 +22,4 @@ class DashboardScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield self.dashboard
-        yield Footer(compact=True)
+        yield AppFooter()

@@ -1,5 +1,5 @@
 """The session settings modal: system prompt and sampling (temperature, top_p, top_k, min_p, penalties, max_tokens,
-seed, thinking)."""
+seed) and, for a model whose chat template has the switch, thinking."""
 
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ class SettingsScreen(ModalScreen[SessionSettings | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save")]
 
-    def __init__(self, title: str, settings: SessionSettings):
+    def __init__(self, title: str, settings: SessionSettings, thinking_switch: bool = True):
+        """thinking_switch: the model's chat template has Qwen3's enable_thinking (else the toggle is hidden)."""
         super().__init__()
         self.title_text = title
         self.settings = settings
+        self.thinking_switch = thinking_switch
 
     def compose(self) -> ComposeResult:
         s = self.settings
@@ -50,8 +52,9 @@ class SettingsScreen(ModalScreen[SessionSettings | None]):
                 yield Input(str(s.max_tokens), id="max_tokens", compact=True)
                 yield Label("seed (blank: none)")
                 yield Input("" if s.seed is None else str(s.seed), id="seed", compact=True)
-                yield Label("thinking (Qwen3)")
-                yield Checkbox("on", s.thinking, id="thinking", compact=True)
+                if self.thinking_switch:
+                    yield Label("thinking (Qwen3)")
+                    yield Checkbox("on", s.thinking, id="thinking", compact=True)
             yield Static(id="settings-error")
             with Horizontal(id="settings-buttons"):
                 yield Button("Save (ctrl+s)", variant="primary", id="save")
@@ -79,7 +82,7 @@ class SettingsScreen(ModalScreen[SessionSettings | None]):
             frequency_penalty=number("frequency_penalty", float),
             max_tokens=number("max_tokens", int),
             seed=number("seed", int) if seed_raw else None,
-            thinking=self.query_one("#thinking", Checkbox).value,
+            thinking=self.query_one("#thinking", Checkbox).value if self.thinking_switch else self.settings.thinking,
         )
         settings.sampling_params()  # validates ranges with the engine's own messages
         return settings

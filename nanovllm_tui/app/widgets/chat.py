@@ -25,12 +25,13 @@ class PromptInput(TextArea):
     """The prompt box: Enter sends, ctrl+j (or shift+enter where the terminal reports it) inserts a newline."""
 
     # The app's keys that TextArea also binds (ctrl+w delete word, ctrl+y redo) would lose to the focused
-    # prompt; priority bindings here forward them, so every key in the footer works while typing.
+    # prompt; priority bindings here forward them, so every key in the footer works while typing (and they
+    # show: the focused widget's binding of a key is the one the footer lists).
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "send", "Send"),
         Binding("ctrl+j", "newline", "Newline", show=False),
-        Binding("ctrl+w", "app.close_session", "Close chat", show=False, priority=True),
-        Binding("ctrl+y", "app.copy", "Copy", show=False, priority=True),
+        Binding("ctrl+w", "app.close_session", "Close chat", priority=True),
+        Binding("ctrl+y", "app.copy", "Copy", priority=True),
     ]
 
     class Submitted(Message):

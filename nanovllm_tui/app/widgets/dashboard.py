@@ -151,7 +151,6 @@ class Dashboard(Vertical):
 
     @staticmethod
     def _batch(window: StatsWindow, spark_w: int, now: float) -> Text:
-        latest = window.latest
         rows = [
             ("seqs/step", "num_seqs", "#5fd75f", ""),
             ("prefill tok", "num_prefill_tokens", "#f0a030", ""),
@@ -167,8 +166,7 @@ class Dashboard(Vertical):
         t.append(f" {durations[-1] if durations else 0:>{VALUE - 1}.1f}\n")
         prefill_tps, decode_tps = window.rates(now)
         t.append(f"tok/s      prefill {prefill_tps:,.0f}  decode {decode_tps:,.0f}\n")
-        running = latest.num_running if latest else 0
-        waiting = latest.num_waiting if latest else 0
+        running, waiting = window.running_waiting()
         steps = window.totals.num_steps if window.totals else 0
         t.append(f"running {running}  waiting {waiting}  steps {steps:,}")
         return t
