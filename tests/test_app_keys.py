@@ -106,9 +106,10 @@ def test_chat_switching_keys_that_terminals_send(make_app):  # noqa: F811
             await prompt_focused(pilot)
             await pilot.press("ctrl+n")
             await wait_for(pilot, lambda: len(app.sessions) == 2, what="two chats")
-            await prompt_focused(pilot)
             first, second = sorted(app.sessions)
-            assert app.active_pane().session.number == second
+            # The new chat's tab is activated after the session exists: wait for it, don't assume it.
+            await wait_for(pilot, lambda: app.active_pane().session.number == second, what="the new chat active")
+            await prompt_focused(pilot)
             for key, number in [("ctrl+pageup", first), ("ctrl+pagedown", second), ("f9", first), ("f10", second)]:
                 await pilot.press(key)
                 await wait_for(pilot, lambda n=number: app.active_pane().session.number == n, what=f"{key}")
@@ -206,7 +207,11 @@ def test_a_chunked_prefill_shows_its_progress_until_the_first_token(tiny_qwen3_g
 
             await wait_for(pilot, done, timeout=300, what="the answer")
             answer = app.active_pane().answer
-            assert answer.progress == "" and "TTFT" in str(answer.query_one(".metrics", Static).render())
+            assert answer.progress == ""
+            # The metrics line is drawn on the app's next timer tick after the answer ends: wait for it.
+            await wait_for(
+                pilot, lambda: "TTFT" in str(answer.query_one(".metrics", Static).render()), what="the metrics line"
+            )
             steps = [s for s in app.window.steps if s.prefilling]
             assert steps and all(c < t for s in steps for _, c, t in s.prefilling)
 

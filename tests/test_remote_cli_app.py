@@ -6,6 +6,7 @@ terminal it refuses in one line, exit 2, before connecting."""
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import pty
 import re
@@ -74,14 +75,28 @@ def spawn_attach(url: str) -> tuple[int, int]:
     return pid, fd
 
 
+def type_keys(fd: int, out: bytearray, keys: bytes) -> None:
+    """Type one key at a time, as a person does, reading the terminal in between."""
+    for key in keys:
+        os.write(fd, bytes([key]))
+        read_some(fd, out, 0.02)
+
+
 def chat_hello(fd: int, out: bytearray, server: ScriptedServer) -> None:
-    """Type "hello" into the app's prompt box until the server gets it, then wait for the streamed answer."""
+    """Type "hello" into the app's prompt box and send it, then wait for the streamed answer.
+
+    Keys typed before the prompt box has focus go nowhere: first a probe word is typed (a new one each try, after
+    ctrl+u, so the box must redraw) until the box shows it; then it is erased and "hello" typed and sent."""
     deadline = time.monotonic() + 30
-    while not server.requests and time.monotonic() < deadline:  # keys typed before focus go nowhere
-        os.write(fd, b"\x15hello\r")  # ctrl+u clears the prompt line first
-        read_until(fd, out, b"friend", 1.0, start=len(out))
-    assert server.requests and server.requests[0]["messages"][-1]["content"] == "hello"
+    for attempt in itertools.count():
+        assert time.monotonic() < deadline, f"the prompt box never showed what was typed: {shown(out)[-2000:]!r}"
+        probe, mark = f"probe{attempt}".encode(), len(out)
+        type_keys(fd, out, b"\x15" + probe)
+        if read_until(fd, out, probe, 2.0, start=mark):
+            break
+    type_keys(fd, out, b"\x7f" * len(probe) + b"hello\r")
     assert read_until(fd, out, b"friend", 20), bytes(out[-2000:])
+    assert [r["messages"][-1]["content"] for r in server.requests] == ["hello"], server.requests
 
 
 def test_attach_runs_the_app_on_a_terminal_and_sigterm_ends_it():
