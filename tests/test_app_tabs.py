@@ -73,7 +73,10 @@ def test_with_many_chats_the_active_tab_stays_in_view(make_app):  # noqa: F811
             for key in keys:
                 number = number % 12 + 1 if key in ("ctrl+pagedown", "f10") else (number - 2) % 12 + 1
                 await pilot.press(key)
-                await wait_for(pilot, lambda n=number: app.active_pane().session.number == n, what=f"{key}: chat {n}")
+                await wait_for(
+                    pilot, lambda n=number: app.active_pane().session.number == n, what=f"{key}: chat {number}"
+                )
                 await wait_for(pilot, lambda: active_in_view(app), timeout=10, what=f"{key}: chat {number} in view")
+                await prompt_focused(pilot)  # the keys are pressed from the prompt box, once focus has settled
 
     run(scenario())
