@@ -9,6 +9,7 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import Collapsible, Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownStream
@@ -133,15 +134,18 @@ class AnswerView(Vertical):
         """Stop streaming, then one full update so nothing a fragment boundary may have split is lost."""
         self._pending = ""
         self._reasoning_dirty = bool(self.reasoning)
-        await self.flush()
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
-        await self.query_one(".answer", Markdown).update(inert(self.text))
-        metrics = Text(line, style="dim")
-        if error:
-            metrics.append(("\n" if line else "") + f"error: {inert(error)}", style="bold red")
-        self.query_one(".metrics", Static).update(metrics)
+        try:
+            await self.flush()
+            if self._stream is not None:
+                stream, self._stream = self._stream, None
+                await stream.stop()
+            await self.query_one(".answer", Markdown).update(inert(self.text))
+            metrics = Text(line, style="dim")
+            if error:
+                metrics.append(("\n" if line else "") + f"error: {inert(error)}", style="bold red")
+            self.query_one(".metrics", Static).update(metrics)
+        except NoMatches:  # removed while it finished (its chat closed, or regenerated): nothing left to draw
+            pass
         self.done = True
 
 
@@ -219,6 +223,8 @@ class ChatPane(Vertical):
         handle, answer = self.session.handle, self.answer
         if handle is None or answer is None:
             return False
+        if not answer.is_mounted:  # submit() is still mounting it (a tick can land in that await): next tick
+            return True
         for out in handle.drain():
             answer.add(out.text, out.reasoning)
         if handle.finished:
